@@ -1,0 +1,5 @@
+import sys
+
+from jaxmerge.main import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""The `jaxmerge` command: one sub-command per module, listed explicitly below.
+
+Each sub-command module has `add_arguments(parser)` and `run(args) -> int`.
+Exit status: 0 done; 2 bad input or bad configuration (one line on stderr that
+names the file, the parameter and what is wrong); 1 an internal error.
+"""
+
+import argparse
+import importlib
+import sys
+
+from jaxmerge.errors import InputError
+
+# name -> (module, one-line help). A command module keeps its heavy imports (seqio,
+# TensorFlow, models) inside run(), so building the parser stays cheap.
+COMMANDS = {
+    "demo": ("jaxmerge.demo", "merge small generated checkpoints with every method"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxmerge", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module_name, help_text) in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        module.add_arguments(sub.add_parser(name, help=help_text, description=help_text))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser().parse_args(argv)
+    module = importlib.import_module(COMMANDS[args.command][0])
+    try:
+        return int(module.run(args) or 0)
+    except InputError as e:
+        print(f"jaxmerge {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxmerge {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
