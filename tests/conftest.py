@@ -15,3 +15,36 @@ import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_threefry_partitionable", True)
+
+
+import pathlib  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def run_cli():
+    """Runs `python -m jaxmerge ARGS...` from this checkout; returns CompletedProcess.
+
+    The child imports this checkout's package (PYTHONPATH), sees 8 CPU devices like
+    the tests, and is killed after `timeout` seconds so a hang fails the test.
+    """
+
+    def run(*args: str, timeout: float = 300, cwd=None) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+        return subprocess.run(
+            [sys.executable, "-m", "jaxmerge", *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+        )
+
+    return run
