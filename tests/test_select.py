@@ -90,3 +90,32 @@ def test_count_for_fraction_is_exact_ceiling(fraction, n, k):
 def test_property_equals_partition(x, data):
     k = data.draw(st.integers(1, x.size))
     assert select.kth_largest_magnitude(jnp.asarray(x), k) == reference([x], k)
+
+
+@pytest.mark.parametrize("fraction", [1e-5, 0.2, 0.5, 0.8, 0.999])
+@pytest.mark.parametrize("distribution", ["normal", "integers", "two_scales"])
+def test_one_pass_bracket_and_its_fallback_are_exact(distribution, fraction):
+    """Large enough for the sampled bracket; hits and misses both give the exact answer."""
+    rng = np.random.default_rng(3)
+    n = 200_003
+    x = {
+        "normal": rng.standard_normal(n),
+        "integers": rng.integers(0, 5, n),  # massive ties
+        "two_scales": rng.exponential(size=n) * np.where(rng.random(n) < 0.5, 1e-6, 1.0),
+    }[distribution].astype(np.float32)
+    k = max(1, int(fraction * n))
+    assert select.kth_largest_magnitude(jnp.asarray(x), k) == reference([x], k)
+
+
+def test_bracket_histogram_counts_inside_and_above():
+    just_above_two = np.nextafter(np.float32(2.0), np.float32(3.0))
+    x = jnp.asarray([1.0, 2.0, 2.0, just_above_two, 3.0, 1e30, 0.5], jnp.float32)
+    start = np.float32(2.0).view(np.uint32)
+    histogram = np.asarray(select.bracket_histogram(x, start))
+    assert histogram[0] == 2 and histogram[1] == 1  # 2.0 twice, then the next float
+    assert histogram[select.BRACKET_BINS :].sum() == 2  # 3.0 is 2²² patterns up: above
+    assert histogram.sum() == 5  # 1.0 and 0.5 are below and dropped
+    assert select.resolve_bracket(histogram, 4, start) == (True, np.float32(2.0))
+    assert select.resolve_bracket(histogram, 3, start) == (True, just_above_two)
+    assert select.resolve_bracket(histogram, 6, start)[0] is False  # 6th is below the bracket
+    assert select.resolve_bracket(histogram, 2, start)[0] is False  # 2nd is above it

@@ -18,6 +18,16 @@ compute the exact global TIES threshold of a model larger than memory in two
 streaming passes (`high_histogram`, `low_histogram`), and what `kth_largest_
 magnitude` does in memory.
 
+One pass instead of two, in the common case: a strided sample (every
+SAMPLE_STRIDE-th element) brackets the threshold; `bracket_histogram` then
+counts, in a single pass, every bit pattern inside a BRACKET_BINS-wide bracket
+exactly plus everything above it. If the k-th largest lies in the bracket
+(`resolve_bracket` says so) that is the answer; otherwise the two-pass radix
+above runs. Either way the answer is exact; the sample only decides how fast.
+On XLA:CPU a histogram pass costs about four elementwise passes (scatters run
+on one core), so this halves TIES' selection time, and it halves how often a
+streaming merge re-reads its experts.
+
 The result equals `np.sort(np.abs(x).ravel())[-k]` exactly, ties included
 (tested against `np.partition`). NaN counts above +inf; callers refuse
 non-finite inputs before they get here.
@@ -35,6 +45,11 @@ import numpy as np
 
 HIGH_BINS = 1 << 15  # bits 30..16 of |x| (bit 31, the sign, is 0)
 LOW_BINS = 1 << 16  # bits 15..0
+BRACKET_BINS = 1 << 18  # bit patterns counted one by one around the sampled threshold
+ABOVE_BINS = 1 << 8  # patterns above the bracket, spread (u mod 256) so adds don't chain
+SAMPLE_STRIDE = 128
+SAMPLE_SIGMAS = 4.0  # bracket half-width in binomial standard deviations of the sample rank
+MIN_SIZE_FOR_BRACKET = 1 << 16  # below this, two small passes are cheaper than a sort
 
 
 def magnitude_bits(x: jax.Array) -> jax.Array:
@@ -79,6 +94,73 @@ def threshold_from_digits(high_digit, low_digit):
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
+def sample_bits(x: jax.Array) -> jax.Array:
+    """Bit patterns of |x| at every SAMPLE_STRIDE-th element (at least one)."""
+    return magnitude_bits(x).ravel()[::SAMPLE_STRIDE]
+
+
+def bracket_from_sample(sample: jax.Array, k: int, n: int) -> jax.Array:
+    """Lowest bit pattern of a BRACKET_BINS-wide bracket that likely holds the k-th largest.
+
+    The sample's rank r = k·m/n estimates where the threshold sits; the bracket
+    covers the sample values SAMPLE_SIGMAS binomial deviations either side of it
+    when they fit, else it is centred on the estimate. A miss costs time (the
+    fallback pass), never exactness. Bit patterns of finite |x| are < 2³¹, so
+    int32 arithmetic is exact.
+    """
+    m = sample.shape[0]
+    ordered = jnp.sort(sample.astype(jnp.int32))[::-1]  # descending: index i has rank i + 1
+    rank = k * m / n
+    margin = SAMPLE_SIGMAS * np.sqrt(max(rank * (1 - rank / m), 1.0)) + 1
+    index = lambda r: int(np.clip(r - 1, 0, m - 1))
+    upper = ordered[index(np.floor(rank - margin))]
+    lower = ordered[index(np.ceil(rank + margin))]
+    estimate = ordered[index(np.round(rank))]
+    width = upper - lower + 1
+    start = jnp.where(
+        width <= BRACKET_BINS, lower - (BRACKET_BINS - width) // 2, estimate - BRACKET_BINS // 2
+    )
+    return jnp.maximum(start, 0).astype(jnp.uint32)
+
+
+def bracket_histogram(x: jax.Array, start: jax.Array | int) -> jax.Array:
+    """One pass: int32[BRACKET_BINS + ABOVE_BINS].
+
+    bin j < BRACKET_BINS counts the elements whose |x| bit pattern is start + j;
+    the ABOVE_BINS bins after it together count every pattern above the bracket.
+    Patterns below `start` are dropped.
+    """
+    bits = magnitude_bits(x).ravel()
+    start = jnp.asarray(start, jnp.uint32)
+    offset = bits - start  # wraps for bits < start: caught by `below`
+    below = bits < start
+    above = ~below & (offset >= BRACKET_BINS)
+    index = jnp.where(above, BRACKET_BINS + (bits & (ABOVE_BINS - 1)), offset)
+    index = jnp.where(below, BRACKET_BINS + ABOVE_BINS, index).astype(jnp.int32)  # dropped
+    return jnp.zeros(BRACKET_BINS + ABOVE_BINS, jnp.int32).at[index].add(1, mode="drop")
+
+
+def resolve_bracket(histogram, k, start):
+    """(found, threshold): the k-th largest if it lies inside the bracket."""
+    xp = jnp if isinstance(histogram, jax.Array) else np
+    above = histogram[BRACKET_BINS:].sum()
+    inside = histogram[:BRACKET_BINS]
+    found = (above < k) & (above + inside.sum() >= k)
+    digit, _ = resolve_digit(inside, xp.maximum(k - above, 1))
+    bits = xp.asarray(start, xp.uint32) + xp.asarray(digit, xp.uint32)
+    if xp is np:
+        return bool(found), np.asarray(bits, np.uint32).view(np.float32)[()]
+    return found, jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _two_pass(arrays, k):
+    high = sum(high_histogram(a) for a in arrays)
+    high_digit, rank = resolve_digit(high, k)
+    low = sum(low_histogram(a, high_digit) for a in arrays)
+    low_digit, _ = resolve_digit(low, rank)
+    return threshold_from_digits(high_digit, low_digit)
+
+
 def kth_largest_magnitude(xs: jax.Array | Sequence[jax.Array], k: int) -> jax.Array:
     """Exact k-th largest |x| over all elements of one array or of several (jittable).
 
@@ -98,11 +180,13 @@ def kth_largest_magnitude(xs: jax.Array | Sequence[jax.Array], k: int) -> jax.Ar
         raise ValueError(f"kth_largest_magnitude: k={k} is outside [0, {n}] (number of elements)")
     if k == 0:
         return jnp.float32(jnp.inf)
-    high = sum(high_histogram(a) for a in arrays)
-    high_digit, rank = resolve_digit(high, k)
-    low = sum(low_histogram(a, high_digit) for a in arrays)
-    low_digit, _ = resolve_digit(low, rank)
-    return threshold_from_digits(high_digit, low_digit)
+    if n < MIN_SIZE_FOR_BRACKET:
+        return _two_pass(arrays, k)
+    sample = jnp.concatenate([sample_bits(a) for a in arrays])
+    start = bracket_from_sample(sample, k, n)
+    histogram = sum(bracket_histogram(a, start) for a in arrays)
+    found, threshold = resolve_bracket(histogram, k, start)
+    return jax.lax.cond(found, lambda: threshold, lambda: _two_pass(arrays, k))
 
 
 def count_for_fraction(fraction: float, n: int) -> int:
