@@ -16,7 +16,7 @@ import pathlib
 import re
 
 from jaxmerge.checkpoints import orbax, safetensors, t5x
-from jaxmerge.checkpoints._layout import ParamInfo
+from jaxmerge.checkpoints._layout import SUPPORTED_DTYPES, ParamInfo
 from jaxmerge.errors import CheckpointError
 
 __all__ = ["FORMATS", "ParamInfo", "create", "detect_format", "open", "resolve"]
@@ -106,6 +106,9 @@ def create(
     """
     if format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; one of {FORMATS}")
+    for name, info in params.items():
+        if info.dtype not in SUPPORTED_DTYPES:
+            raise CheckpointError(f"{path}: parameter {name}: unsupported dtype {info.dtype.name}")
     return _WRITERS[format](
         path,
         params,

@@ -249,8 +249,10 @@ def params_header(params: dict[str, ParamInfo]) -> dict:
 
 
 def first_line(e: Exception) -> str:
+    """The gist of a library error: its first line, without TensorStore's spec dump."""
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    text = text.splitlines()[0] if text else type(e).__name__
+    return text.split(" [tensorstore_spec=")[0].split(" [source locations=")[0]
 
 
 def ts_result(future, where: str):

@@ -19,7 +19,6 @@ shape must agree).
 
 from __future__ import annotations
 
-import os
 import pathlib
 
 import jax
@@ -128,7 +127,7 @@ class Reader:
                 self._leaves[name] = array
                 self.params[name] = ParamInfo(array.shape, array.dtype)
             # anything else (None, empty dicts of optax EmptyState) is not a parameter
-        for name, (future, expected_shape, where) in pending.items():
+        for name, (future, expected_shape, expected_dtype, where) in pending.items():
             store = _layout.ts_result(future, where)
             if tuple(store.shape) != expected_shape:
                 raise CheckpointError(
@@ -136,6 +135,10 @@ class Reader:
                     f"says {list(expected_shape)}"
                 )
             dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
+            if expected_dtype is not None and dtype != _layout.parse_dtype(expected_dtype, where):
+                raise CheckpointError(
+                    f"{where}: zarr array has dtype {dtype.name}, the msgpack says {expected_dtype}"
+                )
             self._stores[name] = store
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
@@ -167,12 +170,15 @@ class Reader:
         # As T5X does: trust the array's own .zarray for chunks and compression.
         metadata.pop("chunks", None)
         metadata.pop("compressor", None)
+        # Shape and dtype are compared by the caller, for an error that says which disagrees.
+        metadata.pop("shape", None)
+        dtype = spec.pop("dtype", None)
         kvstore = spec["kvstore"]
         relative = kvstore.get("path", spec.pop("path", None))
         if relative is None:
             raise CheckpointError(f"{where}: tensorstore spec has no path")
         spec["kvstore"] = {"driver": "file", "path": str(self.path / relative)}
-        if spec.get("dtype") == "uint16" or metadata.get("dtype") == "<u2":
+        if dtype == "uint16" or metadata.get("dtype") == "<u2":
             raise CheckpointError(
                 f"{where}: uint16-encoded bfloat16 (T5X version 2) is unsupported"
             )
@@ -182,13 +188,13 @@ class Reader:
             raise CheckpointError(
                 f"{where}: bad tensorstore spec ({_layout.first_line(e)})"
             ) from None
-        return future, tuple(shape), where
+        return future, tuple(shape), dtype, where
 
     def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
         if name in self._leaves:
             return [np.array(self._leaves[name][index]) for index in indices]
         store = self._stores[name]
-        where = f"{self._file.parent / (name.replace('/', '.'))}: parameter {name}"
+        where = f"{self._file.parent / ('target.' + name.replace('/', '.'))}: parameter {name}"
         futures = [store[index].read() for index in indices]
         return [_layout.ts_result(f, where) for f in futures]
 
@@ -335,4 +341,4 @@ class Writer:
 
 
 def is_t5x_dir(path: pathlib.Path) -> bool:
-    return (path / MSGPACK_FILE).is_file() and os.path.getsize(path / MSGPACK_FILE) > 0
+    return (path / MSGPACK_FILE).is_file()
