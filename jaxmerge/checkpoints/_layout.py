@@ -98,7 +98,7 @@ def assemble(
     shape = info.shape
     if sharding is None:
         (whole,) = read_slices([normalize_index((), shape)])
-        return jax.device_put(whole, jax.devices()[0])
+        return jax.device_put(whole)  # the default device
     device_indices = {
         device: normalize_index(index, shape)
         for device, index in sharding.addressable_devices_indices_map(shape).items()

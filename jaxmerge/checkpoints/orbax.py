@@ -42,6 +42,9 @@ _ARRAY_TYPES = {"np.ndarray", "jax.Array", "scalar"}
 # single-item managers ('default').
 ITEM_NAMES = (STATE, "items", "default")
 
+# Chunks live inside OCDBT data files, so small ones cost no files: 8 MiB lets TensorStore
+# (de)compress a big tensor on several cores and a sharded read fetch only its part.
+CHUNK_BYTES = 8 << 20
 _OCDBT_CONFIG = {
     "max_inline_value_bytes": 1024,
     "max_decoded_node_bytes": 100_000_000,
@@ -265,7 +268,7 @@ class Writer:
             "kvstore": kvstore,
             "metadata": {
                 "shape": list(info.shape),
-                "chunks": _layout.chunk_shape(info.shape, info.dtype.itemsize),
+                "chunks": _layout.chunk_shape(info.shape, info.dtype.itemsize, CHUNK_BYTES),
                 "dtype": _zarr_dtype(info.dtype),
                 "compressor": self._compressor,
             },
