@@ -243,3 +243,14 @@ def test_inspect_bad_input_exit_2_one_line(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().count("\n") == 0 and "missing" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_inspect_through_the_jaxmerge_command(run_cli, tmp_path):
+    """The real `python -m jaxmerge inspect` (needs every registered command importable)."""
+    pytest.importorskip("jaxmerge.demo", reason="the demo command is not on this branch yet")
+    write(tmp_path / "m", "orbax", make_model(), step=2)
+    result = run_cli("inspect", "--json", tmp_path / "m")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["step"] == 2
+    result = run_cli("inspect", tmp_path / "missing")
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
