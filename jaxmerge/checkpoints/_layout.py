@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 import jax
 import ml_dtypes
 import numpy as np
+import tensorstore as ts
 
 from jaxmerge.errors import CheckpointError
 
@@ -246,6 +247,22 @@ class Staging:
 
 def params_header(params: dict[str, ParamInfo]) -> dict:
     return {n: [list(p.shape), p.dtype.name] for n, p in params.items()}
+
+
+# Decoded chunks TensorStore may keep while a reader is open, so the shards of one tensor
+# that share a chunk decode it once, not once per shard. Bounded, whatever the model size.
+READ_CACHE_BYTES = 256 << 20
+
+
+def read_context(**extra) -> ts.Context:
+    """The TensorStore context a reader opens its arrays with (one per reader)."""
+    return ts.Context(
+        {
+            "cache_pool": {"total_bytes_limit": READ_CACHE_BYTES},
+            "file_io_concurrency": {"limit": 128},
+            **extra,
+        }
+    )
 
 
 def first_line(e: Exception) -> str:

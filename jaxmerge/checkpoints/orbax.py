@@ -134,7 +134,7 @@ class Reader:
             prefix = ("target",)
         elif "params" in top:
             prefix = ("params",)
-        self._context = _context()
+        self._context = _layout.read_context(**{"cache_pool#ocdbt": {"total_bytes_limit": 10**8}})
         self._keys: dict[str, str] = {}
         futures = {}
         for keys in leaves:

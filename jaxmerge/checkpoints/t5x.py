@@ -109,6 +109,7 @@ class Reader:
         if not isinstance(optimizer, dict) or "target" not in optimizer:
             raise CheckpointError(f"{file}: no optimizer/target in the msgpack (version {version})")
         self._file = file
+        self._context = _layout.read_context()
         self._leaves: dict[str, object] = {}
         self.params: dict[str, ParamInfo] = {}
         self._stores: dict[str, ts.TensorStore] = {}
@@ -183,7 +184,7 @@ class Reader:
                 f"{where}: uint16-encoded bfloat16 (T5X version 2) is unsupported"
             )
         try:
-            future = ts.open(spec, open=True, read=True)
+            future = ts.open(spec, open=True, read=True, context=self._context)
         except ValueError as e:
             raise CheckpointError(
                 f"{where}: bad tensorstore spec ({_layout.first_line(e)})"
