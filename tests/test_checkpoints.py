@@ -4,18 +4,22 @@ devices, bf16 bits, atomic commit and resume, and the CLI `inspect`."""
 import itertools
 import json
 import os
+import pathlib
 import subprocess
 import sys
+import tempfile
 
 import jax
 import ml_dtypes
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmerge import checkpoints
-from jaxmerge.checkpoints import ParamInfo
+from jaxmerge.checkpoints import ParamInfo, _layout
 from jaxmerge.errors import CheckpointError
 
 FORMATS = checkpoints.FORMATS
@@ -254,3 +258,40 @@ def test_inspect_through_the_jaxmerge_command(run_cli, tmp_path):
     assert json.loads(result.stdout)["step"] == 2
     result = run_cli("inspect", tmp_path / "missing")
     assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    shape=st.lists(st.integers(1, 200), min_size=0, max_size=4),
+    itemsize=st.sampled_from([1, 2, 4, 8]),
+    target=st.integers(1, 1 << 16),
+)
+def test_chunk_shape_divides_the_shape_and_fits_the_target(shape, itemsize, target):
+    chunks = _layout.chunk_shape(shape, itemsize, target)
+    assert len(chunks) == len(shape)
+    assert all(n % c == 0 for n, c in zip(shape, chunks, strict=True))
+    # within the target unless every dimension is already down to 1
+    assert np.prod(chunks) * itemsize <= max(target, itemsize) or all(c == 1 for c in chunks)
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    shapes=st.lists(st.lists(st.integers(0, 5), max_size=3), min_size=1, max_size=5),
+    dtype=st.sampled_from([np.float32, np.float16, ml_dtypes.bfloat16, np.int8]),
+    max_shard_bytes=st.integers(1, 200),
+)
+def test_safetensors_any_shapes_and_shard_sizes_round_trip(shapes, dtype, max_shard_bytes):
+    rng = np.random.default_rng(len(shapes))
+    model = {
+        f"w{i}": rng.integers(
+            0, 256, size=int(np.prod(s)) * np.dtype(dtype).itemsize, dtype=np.uint8
+        )
+        .view(dtype)
+        .reshape(s)
+        for i, s in enumerate(shapes)
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        out = write(pathlib.Path(tmp) / "o", "safetensors", model, max_shard_bytes=max_shard_bytes)
+        with checkpoints.open(out) as reader:
+            assert reader.params == infos(model)
+            assert all(bits(reader.read_numpy(n)) == bits(a) for n, a in model.items())

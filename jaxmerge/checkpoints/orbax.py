@@ -107,6 +107,8 @@ class Reader:
         try:
             meta = json.loads(meta_file.read_text())
             tree = meta["tree_metadata"]
+            if not isinstance(tree, dict):
+                raise TypeError
         except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
             raise CheckpointError(f"{meta_file}: not an Orbax PyTree metadata file") from None
         self._use_ocdbt = bool(meta.get("use_ocdbt", True))

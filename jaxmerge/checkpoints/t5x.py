@@ -105,7 +105,7 @@ class Reader:
         file = self.path / MSGPACK_FILE
         contents = read_msgpack(file)
         version = contents.get("version", 0)
-        optimizer = contents["optimizer"] if version else contents
+        optimizer = contents.get("optimizer") if version else contents
         if not isinstance(optimizer, dict) or "target" not in optimizer:
             raise CheckpointError(f"{file}: no optimizer/target in the msgpack (version {version})")
         self._file = file
@@ -143,26 +143,29 @@ class Reader:
             self._stores[name] = store
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
-        self.step = None
-        step = (
-            optimizer.get("state", {}).get("step")
-            if isinstance(optimizer.get("state"), dict)
-            else None
-        )
+        self.step = self._read_step(optimizer.get("state"))
+
+    def _read_step(self, state) -> int | None:
+        """optimizer/state/step: an inline int32[] as T5X writes it (or a plain int, or a spec)."""
+        step = state.get("step") if isinstance(state, dict) else None
+        where = f"{self._file}: state/step"
         if isinstance(step, _Inline):
-            self.step = int(_inline_to_numpy(step, f"{file}: state/step"))
-        elif isinstance(step, int):
-            self.step = step
-        elif _is_spec(step):
-            self.step = int(
-                _layout.ts_result(
-                    self._open_spec(step, f"{file}: state/step")[0], f"{file}: state/step"
-                )
-                .read()
-                .result()
-            )
+            return int(_inline_to_numpy(step, where))
+        if isinstance(step, int):
+            return step
+        if _is_spec(step):
+            store = _layout.ts_result(self._open_spec(step, where)[0], where)
+            return int(_layout.ts_result(store.read(), where))
+        return None
 
     def _open_spec(self, spec: dict, where: str):
+        try:
+            return self._open_spec_unchecked(spec, where)
+        except (KeyError, TypeError, AttributeError):
+            raise CheckpointError(f"{where}: malformed tensorstore spec in the msgpack") from None
+
+    def _open_spec_unchecked(self, spec: dict, where: str):
+        """(open future, shape, dtype name, where), opened the way T5X's _read_ts does."""
         spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
         metadata = spec.get("metadata", {})
         shape = metadata.get("shape")
