@@ -249,20 +249,58 @@ def params_header(params: dict[str, ParamInfo]) -> dict:
     return {n: [list(p.shape), p.dtype.name] for n, p in params.items()}
 
 
-# Decoded chunks TensorStore may keep while a reader is open, so the shards of one tensor
-# that share a chunk decode it once, not once per shard. Bounded, whatever the model size.
+# Decoded chunks TensorStore may keep per reader, so the shards of one tensor that share a
+# chunk decode it once rather than once per shard. Bounded, whatever the model size.
 READ_CACHE_BYTES = 256 << 20
 
 
-def read_context(**extra) -> ts.Context:
-    """The TensorStore context a reader opens its arrays with (one per reader)."""
+def read_context(cache_bytes: int = 0, **extra) -> ts.Context:
     return ts.Context(
         {
-            "cache_pool": {"total_bytes_limit": READ_CACHE_BYTES},
+            "cache_pool": {"total_bytes_limit": cache_bytes},
             "file_io_concurrency": {"limit": 128},
             **extra,
         }
     )
+
+
+class TsArrays:
+    """The TensorStore arrays of one reader.
+
+    Each array is opened without a chunk cache, so reading it whole copies each chunk once.
+    Reading several shards of it goes through a second handle, opened on first need, whose
+    bounded cache lets shards that share a chunk decode that chunk once.
+    """
+
+    def __init__(self, **extra_context):
+        self._plain = read_context(0, **extra_context)
+        self._caching = read_context(READ_CACHE_BYTES, **extra_context)
+        self._specs: dict[str, dict] = {}
+        self._stores: dict[str, ts.TensorStore] = {}
+        self._cached: dict[str, ts.TensorStore] = {}
+
+    def open(self, name: str, spec: dict):
+        """Starts opening `spec` for `name`; pass the future's result to `add`."""
+        self._specs[name] = spec
+        return ts.open(spec, open=True, read=True, context=self._plain)
+
+    def add(self, name: str, store: ts.TensorStore) -> None:
+        self._stores[name] = store
+
+    def read(self, name: str, indices: list[Index], where: str) -> list[np.ndarray]:
+        store = self._stores[name]
+        if len(indices) > 1:
+            if name not in self._cached:
+                spec = self._specs[name]
+                future = ts.open(spec, open=True, read=True, context=self._caching)
+                self._cached[name] = ts_result(future, where)
+            store = self._cached[name]
+        futures = [store[index].read() for index in indices]  # all in flight at once
+        return [ts_result(f, where) for f in futures]
+
+    def clear(self) -> None:
+        self._stores.clear()
+        self._cached.clear()
 
 
 def first_line(e: Exception) -> str:

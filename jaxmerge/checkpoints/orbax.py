@@ -136,7 +136,7 @@ class Reader:
             prefix = ("target",)
         elif "params" in top:
             prefix = ("params",)
-        self._context = _layout.read_context(**{"cache_pool#ocdbt": {"total_bytes_limit": 10**8}})
+        self._arrays = _layout.TsArrays(**{"cache_pool#ocdbt": {"total_bytes_limit": 10**8}})
         self._keys: dict[str, str] = {}
         futures = {}
         for keys in leaves:
@@ -145,15 +145,14 @@ class Reader:
             name = "/".join(keys[len(prefix) :])
             key = ".".join(keys)
             spec = {"driver": driver, "kvstore": _kvstore(directory, key, self._use_ocdbt)}
-            futures[name] = ts.open(spec, open=True, read=True, context=self._context)
+            futures[name] = self._arrays.open(name, spec)
             self._keys[name] = key
-        self._stores: dict[str, ts.TensorStore] = {}
         self.params: dict[str, ParamInfo] = {}
         for name, future in futures.items():
             where = f"{directory}: parameter {name}"
             store = _layout.ts_result(future, where)
             dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
-            self._stores[name] = store
+            self._arrays.add(name, store)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
         self.step = _step_from_dir_name(directory)
@@ -164,17 +163,12 @@ class Reader:
                     "kvstore": _kvstore(directory, ".".join(keys), self._use_ocdbt),
                 }
                 where = f"{directory}: {'/'.join(keys)}"
-                store = _layout.ts_result(
-                    ts.open(spec, open=True, read=True, context=self._context), where
-                )
+                store = _layout.ts_result(self._arrays.open("/".join(keys), spec), where)
                 self.step = int(_layout.ts_result(store.read(), where))
                 break
 
     def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
-        store = self._stores[name]
-        where = f"{self._dir}: parameter {name}"
-        futures = [store[index].read() for index in indices]
-        return [_layout.ts_result(f, where) for f in futures]
+        return self._arrays.read(name, indices, f"{self._dir}: parameter {name}")
 
     def _check(self, name: str) -> None:
         if name not in self.params:
@@ -192,7 +186,7 @@ class Reader:
         )
 
     def close(self) -> None:
-        self._stores.clear()
+        self._arrays.clear()
 
     def __enter__(self):
         return self

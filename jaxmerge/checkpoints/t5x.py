@@ -109,16 +109,15 @@ class Reader:
         if not isinstance(optimizer, dict) or "target" not in optimizer:
             raise CheckpointError(f"{file}: no optimizer/target in the msgpack (version {version})")
         self._file = file
-        self._context = _layout.read_context()
+        self._arrays = _layout.TsArrays()
         self._leaves: dict[str, object] = {}
         self.params: dict[str, ParamInfo] = {}
-        self._stores: dict[str, ts.TensorStore] = {}
         pending = {}
         for path, leaf in _flatten(optimizer["target"]):
             name = "/".join(path)
             where = f"{file}: parameter {name}"
             if _is_spec(leaf):
-                pending[name] = self._open_spec(leaf, where)
+                pending[name] = self._open_spec(name, leaf, where)
             elif isinstance(leaf, dict) and _CHUNKED in leaf:
                 array = _unchunk(leaf, where)
                 self._leaves[name] = array
@@ -140,7 +139,7 @@ class Reader:
                 raise CheckpointError(
                     f"{where}: zarr array has dtype {dtype.name}, the msgpack says {expected_dtype}"
                 )
-            self._stores[name] = store
+            self._arrays.add(name, store)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
         self.step = self._read_step(optimizer.get("state"))
@@ -154,17 +153,17 @@ class Reader:
         if isinstance(step, int):
             return step
         if _is_spec(step):
-            store = _layout.ts_result(self._open_spec(step, where)[0], where)
+            store = _layout.ts_result(self._open_spec("state/step", step, where)[0], where)
             return int(_layout.ts_result(store.read(), where))
         return None
 
-    def _open_spec(self, spec: dict, where: str):
+    def _open_spec(self, name: str, spec: dict, where: str):
         try:
-            return self._open_spec_unchecked(spec, where)
+            return self._open_spec_unchecked(name, spec, where)
         except (KeyError, TypeError, AttributeError):
             raise CheckpointError(f"{where}: malformed tensorstore spec in the msgpack") from None
 
-    def _open_spec_unchecked(self, spec: dict, where: str):
+    def _open_spec_unchecked(self, name: str, spec: dict, where: str):
         """(open future, shape, dtype name, where), opened the way T5X's _read_ts does."""
         spec = {k: (dict(v) if isinstance(v, dict) else v) for k, v in spec.items()}
         metadata = spec.get("metadata", {})
@@ -187,7 +186,7 @@ class Reader:
                 f"{where}: uint16-encoded bfloat16 (T5X version 2) is unsupported"
             )
         try:
-            future = ts.open(spec, open=True, read=True, context=self._context)
+            future = self._arrays.open(name, spec)
         except ValueError as e:
             raise CheckpointError(
                 f"{where}: bad tensorstore spec ({_layout.first_line(e)})"
@@ -197,10 +196,8 @@ class Reader:
     def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
         if name in self._leaves:
             return [np.array(self._leaves[name][index]) for index in indices]
-        store = self._stores[name]
         where = f"{self._file.parent / ('target.' + name.replace('/', '.'))}: parameter {name}"
-        futures = [store[index].read() for index in indices]
-        return [_layout.ts_result(f, where) for f in futures]
+        return self._arrays.read(name, indices, where)
 
     def _check(self, name: str) -> None:
         if name not in self.params:
@@ -218,7 +215,7 @@ class Reader:
         )
 
     def close(self) -> None:
-        self._stores.clear()
+        self._arrays.clear()
         self._leaves.clear()
 
     def __enter__(self):
