@@ -18,7 +18,8 @@ import os
 import pathlib
 import re
 import shutil
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import jax
 import ml_dtypes
@@ -89,12 +90,13 @@ def assemble(
     name: str,
     info: ParamInfo,
     sharding: jax.sharding.Sharding | None,
-    read_slices: Callable[[list[Index]], list[np.ndarray]],
+    read_slices: Callable[[list[Index]], Iterable[np.ndarray]],
 ) -> jax.Array:
     """A jax.Array with `sharding`, each distinct shard read once by `read_slices`.
 
-    read_slices(indices) returns one host array per index (normalized, shard-sized); a reader
-    issues those reads concurrently where its format allows.
+    read_slices(indices) yields one host array per index (normalized, shard-sized), in order;
+    each goes to its device(s) as soon as it arrives and its host buffer is dropped, so the
+    host never holds more than the reader's window of shards, not the whole tensor.
     """
     shape = info.shape
     if sharding is None:
@@ -105,15 +107,19 @@ def assemble(
         for device, index in sharding.addressable_devices_indices_map(shape).items()
     }
     # slices are unhashable before Python 3.12: key the distinct shards by (start, stop)
+    devices_of: dict[tuple, list[jax.Device]] = {}
+    for device, index in device_indices.items():
+        devices_of.setdefault(_key(index), []).append(device)
     distinct = {_key(index): index for index in device_indices.values()}
-    hosts = dict(zip(distinct, read_slices(list(distinct.values())), strict=True))
-    for key, host in hosts.items():
+    placed: dict[jax.Device, jax.Array] = {}
+    for key, host in zip(distinct, read_slices(list(distinct.values())), strict=True):
         expected = tuple(stop - start for start, stop in key)
         if host.shape != expected:
             raise CheckpointError(f"parameter {name}: read shape {host.shape}, expected {expected}")
-    arrays = [
-        jax.device_put(hosts[_key(index)], device) for device, index in device_indices.items()
-    ]
+        for device in devices_of[key]:
+            placed[device] = jax.device_put(host, device)
+        del host
+    arrays = [placed[device] for device in device_indices]
     return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
 
 
@@ -252,6 +258,8 @@ def params_header(params: dict[str, ParamInfo]) -> dict:
 # Decoded chunks TensorStore may keep per reader, so the shards of one tensor that share a
 # chunk decode it once rather than once per shard. Bounded, whatever the model size.
 READ_CACHE_BYTES = 256 << 20
+# Shard reads a reader keeps in flight at once (at least one shard, whatever its size).
+READ_WINDOW_BYTES = 256 << 20
 
 
 def read_context(cache_bytes: int = 0, **extra) -> ts.Context:
@@ -287,7 +295,8 @@ class TsArrays:
     def add(self, name: str, store: ts.TensorStore) -> None:
         self._stores[name] = store
 
-    def read(self, name: str, indices: list[Index], where: str) -> list[np.ndarray]:
+    def read(self, name: str, indices: list[Index], where: str) -> Iterator[np.ndarray]:
+        """Yields the shards in order, keeping reads in flight up to READ_WINDOW_BYTES."""
         store = self._stores[name]
         if len(indices) > 1:
             if name not in self._cached:
@@ -295,8 +304,19 @@ class TsArrays:
                 future = ts.open(spec, open=True, read=True, context=self._caching)
                 self._cached[name] = ts_result(future, where)
             store = self._cached[name]
-        futures = [store[index].read() for index in indices]  # all in flight at once
-        return [ts_result(f, where) for f in futures]
+        itemsize = store.dtype.numpy_dtype.itemsize
+        pending: deque = deque()
+        in_flight = 0
+        for index in indices:
+            nbytes = itemsize * int(np.prod([s.stop - s.start for s in index], dtype=np.int64))
+            while pending and in_flight + nbytes > READ_WINDOW_BYTES:
+                future, done_bytes = pending.popleft()
+                in_flight -= done_bytes
+                yield ts_result(future, where)
+            pending.append((store[index].read(), nbytes))
+            in_flight += nbytes
+        while pending:
+            yield ts_result(pending.popleft()[0], where)
 
     def clear(self) -> None:
         self._stores.clear()

@@ -24,6 +24,7 @@ import ast
 import json
 import pathlib
 import time
+from collections.abc import Iterator
 
 import jax
 import numpy as np
@@ -73,7 +74,7 @@ def _kvstore(directory: pathlib.Path, key: str, use_ocdbt: bool) -> dict:
     return {"driver": "file", "path": str(directory / key) + "/"}
 
 
-def _context() -> ts.Context:
+def _write_context() -> ts.Context:
     return ts.Context(
         {"file_io_concurrency": {"limit": 128}, "cache_pool#ocdbt": {"total_bytes_limit": 10**8}}
     )
@@ -167,7 +168,7 @@ class Reader:
                 self.step = int(_layout.ts_result(store.read(), where))
                 break
 
-    def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
+    def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
         return self._arrays.read(name, indices, f"{self._dir}: parameter {name}")
 
     def _check(self, name: str) -> None:
@@ -253,7 +254,7 @@ class Writer:
         self._step_dir = self._staging.tmp / self.path.name
         self._dir = self._step_dir / STATE
         self._dir.mkdir(parents=True, exist_ok=True)
-        self._context = _context()
+        self._context = _write_context()
         self._init_ns = time.time_ns()
 
     def _write_leaf(self, key: str, info: ParamInfo, array, where: str) -> None:

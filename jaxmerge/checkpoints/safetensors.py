@@ -19,6 +19,7 @@ import os
 import pathlib
 import shutil
 import struct
+from collections.abc import Iterator
 
 import jax
 import ml_dtypes
@@ -160,15 +161,13 @@ class Reader:
         raw = self._maps[file][offset : offset + info.nbytes]
         return raw.view(info.dtype).reshape(info.shape)
 
-    def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
+    def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
         info = self.params[name]
-        out = []
         for index in indices:
             if all(s.start == 0 and s.stop == n for s, n in zip(index, info.shape, strict=True)):
-                out.append(self.read_numpy(name))
+                yield self.read_numpy(name)
             else:
-                out.append(np.array(self._view(name)[index]))  # copies only this shard
-        return out
+                yield np.array(self._view(name)[index])  # copies only this shard's bytes
 
     def _check(self, name: str) -> None:
         if name not in self.params:

@@ -20,6 +20,7 @@ shape must agree).
 from __future__ import annotations
 
 import pathlib
+from collections.abc import Iterator
 
 import jax
 import msgpack
@@ -193,9 +194,9 @@ class Reader:
             ) from None
         return future, tuple(shape), dtype, where
 
-    def _read_slices(self, name: str, indices: list[Index]) -> list[np.ndarray]:
+    def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
         if name in self._leaves:
-            return [np.array(self._leaves[name][index]) for index in indices]
+            return (np.array(self._leaves[name][index]) for index in indices)
         where = f"{self._file.parent / ('target.' + name.replace('/', '.'))}: parameter {name}"
         return self._arrays.read(name, indices, where)
 
