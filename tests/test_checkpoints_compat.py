@@ -281,3 +281,15 @@ def test_transformers_loads_safetensors_output(tmp_path):
     loaded = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out")
     for name, tensor in model.state_dict().items():
         assert (loaded.state_dict()[name] == tensor).all(), name
+
+
+def test_reader_reads_orbax_v1_save(tmp_path):
+    from orbax.checkpoint import v1 as ocp_v1
+
+    tree = {"params": nest(MODEL), "step": np.array(3, np.int32)}
+    ocp_v1.save(tmp_path / "ck", tree)
+    with checkpoints.open(tmp_path / "ck") as reader:
+        assert reader.format == "orbax" and reader.step == 3
+        assert {n: bits(reader.read_numpy(n)) for n in reader.params} == {
+            n: bits(a) for n, a in MODEL.items()
+        }
