@@ -19,16 +19,15 @@ def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def split_gin_flags(argv: list[str]) -> tuple[list[str], list[str]]:
-    """Pulls T5X-style `--gin.KEY=VALUE` flags out of argv -> (rest, bindings)."""
-    rest, bindings = [], []
+def expand_gin_flags(argv: list[str]) -> list[str]:
+    """Rewrites T5X-style `--gin.KEY=VALUE` as `--gin_bindings=KEY = VALUE` for argparse."""
+    out = []
     for arg in argv:
         if arg.startswith("--gin.") and "=" in arg:
             key, value = arg[len("--gin.") :].split("=", 1)
-            bindings.append(f"{key} = {value}")
-        else:
-            rest.append(arg)
-    return rest, bindings
+            arg = f"--gin_bindings={key} = {value}"
+        out.append(arg)
+    return out
 
 
 def parse(gin_files: list[str], bindings: list[str]) -> None:
