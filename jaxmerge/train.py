@@ -347,7 +347,10 @@ def run(args: argparse.Namespace) -> int:
     jax.config.update("jax_threefry_partitionable", True)
     gin_utils.parse(args.gin_file, args.gin_bindings)
     try:
-        model_dir = pathlib.Path(gin_utils.macro("MODEL_DIR"))
+        model_dir = gin_utils.macro("MODEL_DIR")
+        if not isinstance(model_dir, str):
+            raise InputError("MODEL_DIR is required: pass --gin.MODEL_DIR=\"'DIR'\"")
+        model_dir = pathlib.Path(model_dir)
         train_fn = gin.get_configurable(this_module.train)
     except (ValueError, KeyError) as e:
         raise InputError(f"gin config {args.gin_file}: {e}") from e
