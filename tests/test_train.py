@@ -175,3 +175,18 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
     assert not np.allclose(
         before["encoder/layers_0/mlp/wo/kernel"], after["encoder/layers_0/mlp/wo/kernel"]
     )
+
+
+@pytest.mark.parametrize(
+    "recipe", ["pretrain", "finetune", "instruction_tune", "expert", "multitask"]
+)
+@pytest.mark.parametrize("size", ["tiny", "mini", "small", "base", "large", "xl"])
+def test_recipes_parse(recipe, size):
+    from jaxmerge import gin_utils
+
+    required = ["MODEL_DIR = '/m'", "TRAIN_STEPS = 3", "INITIAL_CHECKPOINT_PATH = '/c'"]
+    required.append("MIXTURE_OR_TASK_NAME = 'jaxmerge_held_in_topic'")
+    files = [f"gin_configs/models/t5_{size}.gin", f"gin_configs/runs/{recipe}.gin"]
+    gin_utils.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
+    assert isinstance(gin_utils.macro("MODEL"), t5.T5Config)
+    assert gin_utils.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
