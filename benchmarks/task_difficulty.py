@@ -1,6 +1,6 @@
 """Do the built-in tasks leave room? Scores one checkpoint on every held-in and held-out task.
 
-    .venv/bin/python benchmarks/task_difficulty.py --gin_file gin_configs/models/t5_tiny.gin \
+    .venv/bin/python -m benchmarks.task_difficulty --gin_file gin_configs/models/t5_tiny.gin \
         --checkpoint /tmp/mt/checkpoint_800 [--split validation] [--max_examples 100]
 
 Held-in: exact match of greedy decoding (max 64 bytes). Held-out: rank
