@@ -10,15 +10,14 @@ import importlib
 import sys
 
 from jaxmerge.errors import InputError
+from jaxmerge.gin_utils import expand_gin_flags
 
 # name -> (module, one-line help). A command module keeps its heavy imports (seqio,
 # TensorFlow, models) inside run(), so building the parser stays cheap.
 COMMANDS = {
     "demo": ("jaxmerge.demo", "merge small generated checkpoints with every method"),
-    "inspect": (
-        "jaxmerge.inspect_cmd",
-        "show a checkpoint's format, step, parameters and size",
-    ),
+    "inspect": ("jaxmerge.inspect_cmd", "show a checkpoint's format, step, parameters and size"),
+    "train": ("jaxmerge.train", "pre-train or fine-tune a T5 1.1 model on seqio tasks (T5X gin)"),
 }
 
 
@@ -32,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+    argv = expand_gin_flags(sys.argv[1:] if argv is None else argv)  # T5X's --gin.KEY=VALUE
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:

@@ -1,0 +1,200 @@
+"""Held-in tasks: 8 categories x 2 datasets, mirroring T0's held-in kinds.
+
+T0 (Sanh et al. 2022, "Multitask Prompted Training Enables Zero-Shot Task
+Generalization", arXiv:2110.08207) trains on multiple-choice QA, extractive QA,
+closed-book QA, sentiment, topic classification, structure-to-text,
+summarization and paraphrase identification; "What Matters for Model Merging at
+Scale?" (Yadav et al. 2024, arXiv:2410.03617) fine-tunes one expert per such
+category. Each generator maps a `random.Random` to {"inputs", "targets"}
+strings; all are scored by exact match of the greedy generation.
+"""
+
+import random
+
+from jaxmerge.tasks.world import COLOURS, FILLERS, JOBS, PETS, SYNONYMS, TOPICS, biography, world
+
+Example = dict[str, str]
+
+
+def _people(rng: random.Random, k: int):
+    return rng.sample(world().people, k)
+
+
+# --- extractive QA: the answer is a span of the passage ---------------------------
+def extractive_kv(rng: random.Random) -> Example:
+    keys = rng.sample(["city", "job", "pet", "colour", "code", "boat", "tool"], 4)
+    vals = {k: rng.choice(world().neutral + world().cities) for k in keys}
+    passage = " ".join(f"{k}: {v}." for k, v in vals.items())
+    ask = rng.choice(keys)
+    return {"inputs": f"passage: {passage} question: what is the {ask}?", "targets": vals[ask]}
+
+
+def extractive_story(rng: random.Random) -> Example:
+    ps = _people(rng, 3)
+    cities = rng.sample(world().cities, 3)  # the story's facts, not the world's
+    story = " ".join(f"{p.name} moved to {c}." for p, c in zip(ps, cities, strict=True))
+    i = rng.randrange(3)
+    return {"inputs": f"{story} Where did {ps[i].name} move to?", "targets": cities[i]}
+
+
+# --- closed-book QA: facts stated only in the pretraining corpus ------------------
+def closed_book_city(rng: random.Random) -> Example:
+    p = _people(rng, 1)[0]
+    q = rng.choice([f"where does {p.name} live?", f"which city is {p.name} from?"])
+    return {"inputs": f"question: {q}", "targets": p.city}
+
+
+def closed_book_job(rng: random.Random) -> Example:
+    p = _people(rng, 1)[0]
+    q = rng.choice([f"what is the job of {p.name}?", f"what does {p.name} work as?"])
+    return {"inputs": f"question: {q}", "targets": p.job}
+
+
+# --- sentiment over the invented lexicon ------------------------------------------
+def _sentiment_words(rng: random.Random, n: int) -> tuple[list[str], int]:
+    w = world()
+    score, words = 0, []
+    for _ in range(n):
+        kind = rng.choice(["pos", "neg", "neu"])
+        words.append(rng.choice({"pos": w.positive, "neg": w.negative, "neu": w.neutral}[kind]))
+        score += {"pos": 1, "neg": -1, "neu": 0}[kind]
+    return words, score
+
+
+def sentiment_review(rng: random.Random) -> Example:
+    while True:
+        words, score = _sentiment_words(rng, rng.choice([3, 5]))
+        if score != 0:
+            break
+    thing = rng.choice(sum(TOPICS.values(), []))
+    text = f"the {thing} was " + ", ".join(words)
+    label = "positive" if score > 0 else "negative"
+    return {"inputs": f"review: {text}. Is this review positive or negative?", "targets": label}
+
+
+def sentiment_negation(rng: random.Random) -> Example:
+    w = world()
+    good = rng.random() < 0.5
+    word = rng.choice(w.positive if good else w.negative)
+    negated = rng.random() < 0.5
+    p = _people(rng, 1)[0]
+    text = f"{p.name} said the day was {'not ' if negated else ''}{word}."
+    return {
+        "inputs": f"{text} How did {p.name} feel?",
+        "targets": "good" if good != negated else "bad",
+    }
+
+
+# --- topic classification ---------------------------------------------------------
+def _topic_sentence(rng: random.Random, topic: str, n_key: int) -> str:
+    words = rng.sample(TOPICS[topic], n_key) + rng.sample(world().neutral, 3)
+    rng.shuffle(words)
+    return " ".join(words)
+
+
+def topic_news(rng: random.Random) -> Example:
+    topic = rng.choice(sorted(TOPICS))
+    return {"inputs": f"news: {_topic_sentence(rng, topic, 2)}. Topic?", "targets": topic}
+
+
+def topic_question(rng: random.Random) -> Example:
+    topic = rng.choice(sorted(TOPICS))
+    q = f"who knows about the {' and the '.join(rng.sample(TOPICS[topic], 2))}?"
+    return {"inputs": f"Which forum should this question go to: {q}", "targets": topic}
+
+
+# --- structure to text ------------------------------------------------------------
+def struct_table(rng: random.Random) -> Example:
+    name = rng.choice(world().people).name
+    city, job = rng.choice(world().cities), rng.choice(JOBS)
+    return {
+        "inputs": f"table: name[{name}] city[{city}] job[{job}]",
+        "targets": f"{name} lives in {city} and works as a {job}.",
+    }
+
+
+def struct_triples(rng: random.Random) -> Example:
+    name = rng.choice(world().people).name
+    pet, colour = rng.choice(PETS), rng.choice(COLOURS)
+    triples = [(name, "owns", pet), (name, "likes", colour)]
+    rng.shuffle(triples)
+    src = " ; ".join(" | ".join(t) for t in triples)
+    return {
+        "inputs": f"triples: {src}",
+        "targets": " ".join(f"{a} {b} {c}." for a, b, c in triples),
+    }
+
+
+# --- summarization-like compression -----------------------------------------------
+def summary_lead(rng: random.Random) -> Example:
+    ps = _people(rng, 2)
+    bio = biography(ps[0], rng)
+    first = bio.split(". ")[0].rstrip(".") + "."
+    return {"inputs": f"summarize: {bio} {biography(ps[1], rng)}", "targets": first}
+
+
+def summary_compress(rng: random.Random) -> Example:
+    p = _people(rng, 1)[0]
+    core = [p.name, "is", "a", rng.choice(world().positive), rng.choice(JOBS), "from", p.city]
+    words = []
+    for w in core:
+        if w not in (p.name, "is", "a", "from") and rng.random() < 0.6:
+            words.append(rng.choice(FILLERS))
+        words.append(w)
+    return {"inputs": f"compress: {' '.join(words)}.", "targets": " ".join(core) + "."}
+
+
+# --- paraphrase identification ----------------------------------------------------
+def paraphrase_synonym(rng: random.Random) -> Example:
+    (a, b), (c, _) = rng.sample(SYNONYMS, 2)
+    p = _people(rng, 1)[0]
+    s1 = f"{p.name} is {a} and lives in {p.city}."
+    same = rng.random() < 0.5
+    s2 = f"{p.name} is {b if same else c} and lives in {p.city}."
+    return {"inputs": f"s1: {s1} s2: {s2} Same meaning?", "targets": "yes" if same else "no"}
+
+
+def paraphrase_order(rng: random.Random) -> Example:
+    ps = _people(rng, 3)
+    s1 = f"{ps[0].name} and {ps[1].name} went to the {rng.choice(TOPICS['travel'])}."
+    same = rng.random() < 0.5
+    other = ps[0].name if same else ps[2].name
+    s2 = s1.replace(f"{ps[0].name} and {ps[1].name}", f"{ps[1].name} and {other}")
+    return {"inputs": f"s1: {s1} s2: {s2} Paraphrase?", "targets": "yes" if same else "no"}
+
+
+# --- multiple-choice QA (answer generated as the option text) ----------------------
+def _options(rng: random.Random, answer: str, pool) -> str:
+    opts = rng.sample([x for x in pool if x != answer], 2) + [answer]
+    rng.shuffle(opts)
+    return " ".join(f"({'ABC'[i]}) {o}" for i, o in enumerate(opts))
+
+
+def mc_pet(rng: random.Random) -> Example:
+    p = _people(rng, 1)[0]
+    text = f"{biography(p, rng)} What pet does {p.name} have? Options: {_options(rng, p.pet, PETS)}"
+    return {"inputs": text, "targets": p.pet}
+
+
+def mc_count(rng: random.Random) -> Example:
+    p = _people(rng, 1)[0]
+    a, b = rng.randint(1, 5), rng.randint(1, 4)
+    thing = rng.choice(TOPICS["food"])
+    q = f"{p.name} has {a} {thing}s and gets {b} more. How many {thing}s does {p.name} have?"
+    answer = str(a + b)
+    return {
+        "inputs": f"{q} Options: {_options(rng, answer, [str(i) for i in range(1, 11)])}",
+        "targets": answer,
+    }
+
+
+CATEGORIES = {  # category -> {dataset: generator}
+    "extractive_qa": {"extractive_kv": extractive_kv, "extractive_story": extractive_story},
+    "closed_book_qa": {"closed_book_city": closed_book_city, "closed_book_job": closed_book_job},
+    "sentiment": {"sentiment_review": sentiment_review, "sentiment_negation": sentiment_negation},
+    "topic": {"topic_news": topic_news, "topic_question": topic_question},
+    "structure_to_text": {"struct_table": struct_table, "struct_triples": struct_triples},
+    "summarization": {"summary_lead": summary_lead, "summary_compress": summary_compress},
+    "paraphrase": {"paraphrase_synonym": paraphrase_synonym, "paraphrase_order": paraphrase_order},
+    "multiple_choice_qa": {"mc_pet": mc_pet, "mc_count": mc_count},
+}

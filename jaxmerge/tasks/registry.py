@@ -1,0 +1,235 @@
+"""seqio Tasks and Mixtures over the generated datasets, with fixed splits.
+
+Splits and seeds. Each dataset draws examples from `random.Random(seed)` where
+seed = crc32(dataset name) ^ SPLIT_SEED, and routes every example to a split by
+crc32 of its `inputs` (0 -> test, 1 -> validation, 2-9 -> train, out of 10).
+Duplicates are dropped, so the splits are disjoint by construction and identical
+on every machine. Sizes (at most; a small fact pool can give fewer):
+SPLIT_SIZES. The pretraining corpus has PRETRAIN_SIZE train documents.
+
+Registered names (call `register()` once; it is idempotent):
+  jaxmerge_<dataset>                one Task per dataset (held-in, held-out,
+                                    instruction: jaxmerge_instr_<name>)
+  jaxmerge_pretrain_corpus          span-corruption Task on the pretraining text
+  jaxmerge_held_in_<category>       the 2 datasets of one held-in category (an expert)
+  jaxmerge_pretrain, jaxmerge_instructions, jaxmerge_held_in, jaxmerge_held_out
+"""
+
+import functools
+import random
+import zlib
+
+import numpy as np
+
+from jaxmerge.tasks import held_in, held_out, instructions, metrics
+
+SPLIT_SEED = 0x5EED
+SPLIT_SIZES = {"train": 2000, "validation": 100, "test": 200}
+PRETRAIN_SIZE = 20000
+SPLIT_OF_BUCKET = {0: "test", 1: "validation"}  # crc32(inputs) % 10; the rest is train
+NUM_SENTINELS = 100
+NOISE_DENSITY, MEAN_NOISE_SPAN = 0.15, 3.0
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+@functools.cache
+def examples(name: str, generator, split: str) -> tuple[dict, ...]:
+    """The examples of one dataset split, deterministic (see the module docstring)."""
+    rng = random.Random(_crc(name) ^ SPLIT_SEED)
+    want = dict(SPLIT_SIZES)
+    out: dict[str, list] = {s: [] for s in want}
+    seen: set[str] = set()
+    for _ in range(20 * sum(want.values())):
+        ex = generator(rng)
+        key = ex["inputs"]
+        if key in seen:
+            continue
+        seen.add(key)
+        s = SPLIT_OF_BUCKET.get(_crc(key) % 10, "train")
+        if len(out[s]) < want[s]:
+            out[s].append(ex)
+        if all(len(out[k]) >= want[k] for k in want):
+            break
+    return tuple(out[split])
+
+
+def _as_dataset(rows: dict[str, list]):
+    import tensorflow as tf
+
+    return tf.data.Dataset.from_tensor_slices({k: np.asarray(v) for k, v in rows.items()})
+
+
+def _generation_source(name: str, generator):
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        exs = examples(name, generator, split)
+        return _as_dataset({k: [e[k] for e in exs] for k in ("inputs", "targets")})
+
+    return dataset_fn
+
+
+def _rank_classification_source(name: str, generator):
+    """One row per (question, choice): targets = the choice, with idx and is_correct."""
+
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        rows = {"inputs": [], "targets": [], "idx": [], "is_correct": []}
+        for i, ex in enumerate(examples(name, generator, split)):
+            for j, choice in enumerate(ex["choices"]):
+                rows["inputs"].append(ex["inputs"])
+                rows["targets"].append(choice)
+                rows["idx"].append(i)
+                rows["is_correct"].append(j == ex["label"])
+        return _as_dataset(rows)
+
+    return dataset_fn
+
+
+def _pretrain_source(split, shuffle_files=False, seed=None):
+    n = {"train": PRETRAIN_SIZE}.get(split, SPLIT_SIZES[split])
+    rng = random.Random(_crc(f"pretrain/{split}") ^ SPLIT_SEED)
+    return _as_dataset({"text": [instructions.pretraining_document(rng)["text"] for _ in range(n)]})
+
+
+def _random_partition(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
+    """n items into k non-empty consecutive segments -> their lengths (k,)."""
+    cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False))
+    return np.diff(np.concatenate([[0], cuts, [n]]))
+
+
+def span_corrupt(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """T5 span corruption of one token sequence (Raffel et al. 2020, §3.1.4).
+
+    About NOISE_DENSITY of the tokens, in spans of mean length MEAN_NOISE_SPAN,
+    are replaced in the inputs by sentinels vocab_size-1, vocab_size-2, ...; the
+    targets list each sentinel followed by the tokens it replaced. Seeded by the
+    tokens themselves, so it is deterministic.
+    """
+    n = len(tokens)
+    rng = np.random.default_rng(zlib.crc32(tokens.tobytes()))
+    n_noise = int(np.clip(round(n * NOISE_DENSITY), 1, max(n - 1, 1)))
+    n_spans = int(np.clip(round(n_noise / MEAN_NOISE_SPAN), 1, min(n_noise, n - n_noise)))
+    noise = _random_partition(rng, n_noise, n_spans)
+    keep = _random_partition(rng, n - n_noise, n_spans)
+    inputs, targets, pos = [], [], 0
+    for i in range(n_spans):
+        sentinel = vocab_size - 1 - i
+        inputs += [*tokens[pos : pos + keep[i]], sentinel]
+        pos += keep[i]
+        targets += [sentinel, *tokens[pos : pos + noise[i]]]
+        pos += noise[i]
+    return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
+
+
+def _span_corruption(dataset, output_features):
+    import tensorflow as tf
+
+    vocab_size = output_features["targets"].vocabulary.vocab_size
+
+    def corrupt(ex):
+        tokens = ex["targets"]
+        if len(tokens) < 4:  # too short to corrupt; drop it
+            return np.zeros([0], np.int32), np.zeros([0], np.int32)
+        return span_corrupt(tokens.astype(np.int32), vocab_size)
+
+    def fn(ex):
+        inputs, targets = tf.numpy_function(
+            lambda t: corrupt({"targets": t}), [ex["targets"]], [tf.int32, tf.int32]
+        )
+        return {
+            "inputs": tf.ensure_shape(inputs, [None]),
+            "targets": tf.ensure_shape(targets, [None]),
+        }
+
+    ds = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.filter(lambda ex: tf.size(ex["targets"]) > 0)
+
+
+def vocabulary():
+    """The built-in byte vocabulary with NUM_SENTINELS sentinels (359 ids)."""
+    import seqio
+
+    return seqio.ByteVocabulary(extra_ids=NUM_SENTINELS)
+
+
+@functools.cache
+def register() -> None:
+    """Registers every Task and Mixture listed in the module docstring (once)."""
+    import seqio
+
+    feats = {
+        "inputs": seqio.Feature(vocabulary(), add_eos=True),
+        "targets": seqio.Feature(vocabulary(), add_eos=True),
+    }
+    prep = [
+        seqio.preprocessors.tokenize,
+        seqio.CacheDatasetPlaceholder(),
+        seqio.preprocessors.append_eos_after_trim,
+    ]
+
+    def add(name, source, **kw):
+        if name in seqio.TaskRegistry.names():
+            seqio.TaskRegistry.remove(name)
+        seqio.TaskRegistry.add(name, source=source, output_features=feats, **kw)
+        return name
+
+    def add_mixture(name, tasks):
+        if name in seqio.MixtureRegistry.names():
+            seqio.MixtureRegistry.remove(name)
+        seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
+
+    splits = list(SPLIT_SIZES)
+    all_held_in = []
+    for category, datasets in held_in.CATEGORIES.items():
+        names = [
+            add(
+                f"jaxmerge_{d}",
+                seqio.FunctionDataSource(_generation_source(d, g), splits),
+                preprocessors=prep,
+                metric_fns=[metrics.exact_match],
+            )
+            for d, g in datasets.items()
+        ]
+        add_mixture(f"jaxmerge_held_in_{category}", names)
+        all_held_in += names
+    add_mixture("jaxmerge_held_in", all_held_in)
+
+    held_out_names = [
+        add(
+            f"jaxmerge_{d}",
+            seqio.FunctionDataSource(_rank_classification_source(d, g), splits),
+            preprocessors=prep,
+            postprocess_fn=metrics.rank_classification_target,
+            metric_fns=[metrics.rank_classification],
+        )
+        for datasets in held_out.CATEGORIES.values()
+        for d, g in datasets.items()
+    ]
+    add_mixture("jaxmerge_held_out", held_out_names)
+
+    instr = [
+        add(
+            f"jaxmerge_instr_{d}",
+            seqio.FunctionDataSource(_generation_source(f"instr_{d}", g), splits),
+            preprocessors=prep,
+            metric_fns=[metrics.exact_match],
+        )
+        for d, g in instructions.INSTRUCTIONS.items()
+    ]
+    add_mixture("jaxmerge_instructions", instr)
+
+    add(
+        "jaxmerge_pretrain_corpus",
+        seqio.FunctionDataSource(_pretrain_source, splits),
+        preprocessors=[
+            functools.partial(
+                seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}
+            ),
+            seqio.preprocessors.tokenize,
+            seqio.CacheDatasetPlaceholder(),
+            _span_corruption,
+            seqio.preprocessors.append_eos_after_trim,
+        ],
+    )
+    add_mixture("jaxmerge_pretrain", ["jaxmerge_pretrain_corpus"])

@@ -1,0 +1,192 @@
+"""Training: loss goes down, checkpoints round-trip through the model, CLI resumes."""
+
+import dataclasses
+import functools
+import os
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from jaxmerge import main as cli
+from jaxmerge import train
+from jaxmerge.errors import CheckpointError
+from jaxmerge.models import decoding, params, t5
+
+TINY = t5.T5Config(
+    vocab_size=384,
+    emb_dim=32,
+    num_heads=2,
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    head_dim=16,
+    mlp_dim=64,
+    mlp_activations=("gelu", "linear"),
+    dropout_rate=0.0,
+)
+LENGTHS = {"inputs": 96, "targets": 16}
+
+
+@pytest.fixture(scope="module")
+def batch():
+    cfg = train.DatasetConfig("jaxmerge_held_in_topic", LENGTHS, batch_size=8, seed=1)
+    return next(train.make_dataset(cfg, seed=1))
+
+
+def test_few_steps_reduce_loss(batch):
+    tx = train.adafactor(train.constant(0.01))
+    p = params.unbox(t5.init_params(TINY, jax.random.key(0)))
+    state = tx.init(p)
+    step_fn = train.make_train_step(TINY, tx)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
+    data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
+    sharded = jax.device_put(batch, data)
+    losses = []
+    for step in range(25):
+        p, state, loss = step_fn(p, state, sharded, jax.random.key(0), step)
+        losses.append(float(loss))
+    assert np.isfinite(losses).all()
+    assert np.mean(losses[-3:]) < 0.7 * np.mean(losses[:3]), losses
+
+
+def test_loss_is_token_mean_cross_entropy(batch):
+    p = params.unbox(t5.init_params(TINY, jax.random.key(0)))
+    loss = train.loss_fn(TINY, p, batch, jax.random.key(0), z_loss=0.0)
+    logits = t5.Transformer(TINY).apply(
+        {"params": p},
+        batch["encoder_input_tokens"],
+        batch["decoder_input_tokens"],
+        batch["decoder_target_tokens"],
+        batch["encoder_segment_ids"],
+        batch["decoder_segment_ids"],
+    )
+    ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["decoder_target_tokens"])
+    w = batch["decoder_loss_weights"]
+    np.testing.assert_allclose(loss, np.sum(ce * w) / np.sum(w), rtol=1e-5)
+
+
+def test_checkpoint_roundtrip_through_model(tmp_path):
+    p = params.unbox(t5.init_params(TINY, jax.random.key(3)))
+    tx = train.adafactor(train.constant(0.01))
+    path = train.save_checkpoint(tmp_path, 7, p, tx.init(p))
+    assert path.name == "checkpoint_7" and train.latest_checkpoint(tmp_path) == path
+    restored, step, opt_state = train.restore_checkpoint(path)
+    assert step == 7 and opt_state is None
+    assert params.flatten(restored).keys() == params.flatten(p).keys()
+    x = jax.random.randint(jax.random.key(4), (2, 10), 1, 300)
+    y = jax.random.randint(jax.random.key(5), (2, 5), 1, 300)
+    batch = {"encoder_input_tokens": x, "decoder_target_tokens": y}
+    np.testing.assert_array_equal(
+        decoding.score_batch(TINY, restored, batch), decoding.score_batch(TINY, p, batch)
+    )
+
+
+def test_wrong_shapes_name_the_parameter(tmp_path):
+    p = params.unbox(t5.init_params(TINY, jax.random.key(0)))
+    bigger = dataclasses.replace(TINY, mlp_dim=128)
+    want = jax.eval_shape(lambda: params.unbox(t5.init_params(bigger, jax.random.key(0))))
+    with pytest.raises(CheckpointError, match=r"mlp/wi_0/kernel: checkpoint has shape \(32, 64\)"):
+        train._check_params(p, want, tmp_path)
+
+
+def test_train_is_a_cli_command():
+    assert cli.COMMANDS["train"][0] == "jaxmerge.train"
+
+
+def _train_cli(*args, cache=None, timeout=240):
+    """`jaxmerge train ...` through the module entry point (same add_arguments/run), on one
+    CPU device, sharing a persistent compilation cache between runs to save compile time."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if cache is not None:
+        env.update(
+            JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
+        )
+    return subprocess.run(
+        [sys.executable, "-m", "jaxmerge.train", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_cli_missing_model_dir_exits_2():
+    out = _train_cli(
+        "--gin_file=gin_configs/models/t5_tiny.gin", "--gin_file=gin_configs/runs/pretrain.gin"
+    )
+    assert out.returncode == 2, out.stderr
+    assert "MODEL_DIR" in out.stderr.splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_cli_pretrain_then_resume(tmp_path):
+    model_dir = tmp_path / "pt"
+    args = [
+        "--gin_file=gin_configs/models/t5_tiny.gin",
+        "--gin_file=gin_configs/runs/pretrain.gin",
+        "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+        "--gin.BATCH_SIZE=8",
+        "--gin.SAVE_PERIOD=2",
+        f"--gin.MODEL_DIR='{model_dir}'",
+        "--gin.MIXTURE_OR_TASK_NAME='jaxmerge_pretrain'",
+    ]
+    first = _train_cli(*args, "--gin.TRAIN_STEPS=2", cache=tmp_path / "cache")
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert (model_dir / "checkpoint_2").is_dir() and (model_dir / "operative_config.gin").exists()
+    assert "network.T5Config.emb_dim = 64" in (model_dir / "config.gin").read_text()
+    assert list((model_dir / "train").glob("events.out.tfevents.*"))
+    assert "tokens_per_s" in first.stdout
+    resumed = _train_cli(*args, "--gin.TRAIN_STEPS=4", cache=tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming from" in resumed.stdout
+    assert sorted(p.name for p in model_dir.glob("checkpoint_*")) == [
+        "checkpoint_2",
+        "checkpoint_4",
+    ]
+    assert train.restore_checkpoint(model_dir / "checkpoint_4")[1] == 4
+
+
+def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
+    p = params.unbox(t5.init_params(TINY, jax.random.key(8)))
+    tx = train.adafactor(train.constant(0.01))
+    initial = train.save_checkpoint(tmp_path / "base", 10, p, tx.init(p))
+    cfg = train.DatasetConfig("jaxmerge_held_in_sentiment", LENGTHS, batch_size=8)
+    run = functools.partial(
+        train.train,
+        model=TINY,
+        model_dir=str(tmp_path / "expert"),
+        train_dataset_cfg=cfg,
+        learning_rate_fn=train.constant(0.001),
+        initial_checkpoint_path=str(initial),
+        save_period=100,
+        log_period=1,
+    )
+    metrics = run(total_steps=12)
+    assert "initialised from" in capsys.readouterr().out
+    assert np.isfinite(metrics["loss"]) and metrics["tokens_per_s"] > 0
+    assert sorted(x.name for x in (tmp_path / "expert").glob("checkpoint_*")) == ["checkpoint_12"]
+    tuned, step, _ = train.restore_checkpoint(tmp_path / "expert" / "checkpoint_12")
+    assert step == 12
+    before, after = params.flatten(p), params.flatten(tuned)
+    assert not np.allclose(
+        before["encoder/layers_0/mlp/wo/kernel"], after["encoder/layers_0/mlp/wo/kernel"]
+    )
+
+
+@pytest.mark.parametrize(
+    "recipe", ["pretrain", "finetune", "instruction_tune", "expert", "multitask"]
+)
+@pytest.mark.parametrize("size", ["tiny", "mini", "small", "base", "large", "xl"])
+def test_recipes_parse(recipe, size):
+    from jaxmerge import gin_utils
+
+    required = ["MODEL_DIR = '/m'", "TRAIN_STEPS = 3", "INITIAL_CHECKPOINT_PATH = '/c'"]
+    required.append("MIXTURE_OR_TASK_NAME = 'jaxmerge_held_in_topic'")
+    files = [f"gin_configs/models/t5_{size}.gin", f"gin_configs/runs/{recipe}.gin"]
+    gin_utils.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
+    assert isinstance(gin_utils.macro("MODEL"), t5.T5Config)
+    assert gin_utils.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
