@@ -187,7 +187,12 @@ def run_method(method, hparams, base, experts, layers, stacked=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=LAYERS)
-    parser.add_argument("--methods", nargs="*", default=None, help="default: all, + stacked TA")
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=None,
+        help="names from METHODS, or task_arithmetic_stacked (default: all of them)",
+    )
     args = parser.parse_args(argv)
 
     bandwidth = copy_bandwidth()
@@ -198,18 +203,15 @@ def main(argv=None):
         f"jax {jax.__version__} on {jax.device_count()} {jax.default_backend()} device(s); "
         f"copy bandwidth {bandwidth / 1e9:.1f} GB/s"
     )
-    rows = [
-        ("task_arithmetic (stacked experts)", "task_arithmetic", {}, True),
-    ]
-    names = args.methods or list(METHODS)
-    for name in names:
-        if name == "ties":
+    rows = []
+    for name in args.methods or ["task_arithmetic_stacked", *METHODS]:
+        if name == "task_arithmetic_stacked":
+            rows.append(("task_arithmetic (stacked experts)", "task_arithmetic", {}, True))
+        elif name == "ties":
             rows.append(("ties (trim=global)", "ties", {"trim": "global"}, False))
             rows.append(("ties (trim=tensor)", "ties", {"trim": "tensor"}, False))
         else:
             rows.append((name, name, {}, False))
-    if args.methods:
-        rows = rows[1:]
     print(f"{'method':36s} {'seconds':>9s} {'GB/s':>7s} {'× floor':>8s}")
     results = {}
     for label, method, hparams, stacked in rows:
