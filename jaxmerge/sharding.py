@@ -42,7 +42,10 @@ def make_mesh(shape: Sequence[int] = (-1,), axis_names: Sequence[str] = ("data",
         shape[shape.index(-1)] = n // known
     if math.prod(shape) != n:
         raise InputError(f"mesh shape {shape} needs {math.prod(shape)} devices; there are {n}")
-    return jax.make_mesh(tuple(shape), tuple(axis_names))
+    # Auto axes: XLA propagates shardings through the merge math, which never names
+    # a mesh axis (jax.make_mesh's default, Explicit, would make it).
+    auto = (jax.sharding.AxisType.Auto,) * len(shape)
+    return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto)
 
 
 # `--gin.configured_mesh.shape = (4, 2)` etc.; the plain function above stays gin-free.
