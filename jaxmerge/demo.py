@@ -1,6 +1,6 @@
 """`jaxmerge demo`: generate a small base and experts, merge them with every method.
 
-The checkpoints are written as Hugging Face safetensors files under
+The checkpoints are written as Hugging Face safetensors directories under
 `--output` (default `demo_output/`): a bf16 Llama-shaped base θ₀ and K experts
 
     θᵢ = θ₀ + s + pᵢ
@@ -15,7 +15,9 @@ task vector τ = θ − θ₀:
     shared kept  ⟨τ, s⟩ / ⟨s, s⟩                         (1 = s once; K = once per expert)
     error        ‖τ − τ*‖ / ‖τ*‖                          (0 = the ideal merge)
 
-with the time each jitted merge took and where it was written.
+with the time each jitted in-memory merge took. Then the main job: the merge
+engine (`jaxmerge merge`) merges the checkpoints on disk with TIES, as the
+command line would, and writes `<output>/merged/`.
 """
 
 import argparse
@@ -96,35 +98,34 @@ def run(args: argparse.Namespace) -> int:
     import jax
     from rich.console import Console
     from rich.table import Table
-    from safetensors.numpy import load_file, save_file
 
+    from jaxmerge import checkpoints
     from jaxmerge.errors import InputError
+    from jaxmerge.merge import MergeConfig, merge_checkpoints
     from jaxmerge.methods import METHODS, merge_trees
 
     if args.experts < 2:
         raise InputError(f"--experts={args.experts}: the demo needs at least 2 experts")
     console = Console()
     output = pathlib.Path(args.output)
-    inputs, merged_dir = output / "inputs", output / "merged"
-    inputs.mkdir(parents=True, exist_ok=True)
-    merged_dir.mkdir(parents=True, exist_ok=True)
     shapes = llama_shapes(args.layers, args.hidden)
     base, experts, shared, privates = make_models(shapes, args.experts, args.seed)
-    paths = [inputs / "base.safetensors"]
-    paths += [inputs / f"expert_{i}.safetensors" for i in range(len(experts))]
-    for path, model in zip(paths, [base, *experts], strict=True):
-        save_file(model, path)
+    params = {name: checkpoints.ParamInfo(v.shape, v.dtype) for name, v in base.items()}
+    paths = []
+    for label, model in [("base", base)] + [(f"expert_{i}", e) for i, e in enumerate(experts)]:
+        writer = checkpoints.create(
+            output / "inputs" / label, "safetensors", params, overwrite=True
+        )
+        for name, value in model.items():
+            writer.write(name, value)
+        paths.append(writer.finalize())
     count = sum(int(np.prod(s)) for s in shapes.values())
     console.print(
         f"[bold]jaxmerge demo[/bold]: {len(experts)} experts of a {args.layers}-layer "
         f"Llama-shaped model ({count:,} bf16 parameters) on {jax.device_count()} "
-        f"{jax.default_backend()} device(s)\n"
-        f"inputs:  {inputs}/ (base.safetensors, expert_*.safetensors)\n"
-        f"outputs: {merged_dir}/<method>.safetensors"
+        f"{jax.default_backend()} device(s); inputs in {output / 'inputs'}/"
     )
 
-    base = load_file(paths[0])
-    experts = [load_file(p) for p in paths[1:]]
     table = Table(title="What each merge keeps (ideal: skill 1, shared 1, error 0)")
     for column in ("method", "hyperparameters"):
         table.add_column(column)
@@ -137,7 +138,6 @@ def run(args: argparse.Namespace) -> int:
         start = time.perf_counter()
         merged = jax.block_until_ready(merge(experts[:count], base=base))
         elapsed = 1e3 * (time.perf_counter() - start)
-        save_file(jax.tree.map(np.asarray, merged), merged_dir / f"{name}.safetensors")
         skill, shared_kept, error = scores(merged, base, shared, privates[:count])
         table.add_row(
             name + ("" if count == len(experts) else f" ({count} experts)"),
@@ -148,6 +148,24 @@ def run(args: argparse.Namespace) -> int:
             f"{elapsed:.1f}",
         )
     console.print(table)
+
+    config = MergeConfig(
+        method="ties",
+        base=str(paths[0]),
+        experts=[str(p) for p in paths[1:]],
+        output=str(output / "merged"),
+        overwrite=True,
+    )
+    final = merge_checkpoints(config, quiet=True, log=console.print)
+    with checkpoints.open(final) as reader:
+        merged = {name: reader.read_numpy(name) for name in reader.params}
+    skill, shared_kept, error = scores(merged, base, shared, privates)
+    console.print(
+        f"engine check: the checkpoint on disk scores skill {skill:.2f}, shared "
+        f"{shared_kept:.2f}, error {error:.2f}, as TIES did in memory above.\n"
+        f"Merge your own: jaxmerge merge --method ties --base {paths[0]} "
+        f"--experts {' '.join(str(p) for p in paths[1:])} --output OUT"
+    )
     return 0
 
 
