@@ -117,30 +117,39 @@ def tensor_fn(method: str, hparams: dict):
 
 
 def global_thresholds(layer, experts, layers: int, density: float):
-    """Each expert's exact whole-model TIES threshold, by two streaming histogram passes."""
-    high_pass = jax.jit(lambda e, b: select.high_histogram(e.astype(jnp.float32) - b))
-    low_pass = jax.jit(lambda e, b, d: select.low_histogram(e.astype(jnp.float32) - b, d))
+    """Each expert's exact whole-model TIES threshold, as `select.kth_largest_magnitude` finds it.
+
+    A strided sample of every tensor brackets the threshold, one histogram pass
+    over all tensors counts inside the bracket, and the two-pass radix runs only
+    if the bracket missed (it is reported). Histograms add on the host in int64.
+    """
+    tau = lambda e, b: e.astype(jnp.float32) - b.astype(jnp.float32)
+    sample_pass = jax.jit(lambda e, b: select.sample_bits(tau(e, b)))
+    bracket_pass = jax.jit(lambda e, b, start: select.bracket_histogram(tau(e, b), start))
     n = layers * sum(int(np.prod(s)) for s in LAYER_SHAPES.values())
     k = select.count_for_fraction(density, n)
     thresholds = []
     for expert in experts:
-        high = np.zeros(select.HIGH_BINS, np.int64)
+        per_layer = jnp.concatenate(
+            [sample_pass(expert[name], layer[name]) for name in LAYER_SHAPES]
+        )
+        sample = jnp.tile(per_layer, layers)  # every layer holds the same tensors
+        start = select.bracket_from_sample(sample, k, n)
+        histogram = np.zeros(select.BRACKET_BINS + select.ABOVE_BINS, np.int64)
         for _ in range(layers):
             for name in LAYER_SHAPES:
-                high += np.asarray(high_pass(expert[name], layer[name].astype(jnp.float32)))
-        high_digit, rank = select.resolve_digit(high, k)
-        low = np.zeros(select.LOW_BINS, np.int64)
-        for _ in range(layers):
-            for name in LAYER_SHAPES:
-                b = layer[name].astype(jnp.float32)
-                low += np.asarray(low_pass(expert[name], b, np.uint32(high_digit)))
-        low_digit, _ = select.resolve_digit(low, rank)
-        thresholds.append(select.threshold_from_digits(high_digit, low_digit))
-    return jnp.asarray(thresholds, jnp.float32)
+                histogram += np.asarray(bracket_pass(expert[name], layer[name], start))
+        found, threshold = select.resolve_bracket(histogram, k, np.uint32(start))
+        if not found:
+            print("  (bracket missed; two-pass radix)")
+            arrays = [tau(expert[name], layer[name]) for name in LAYER_SHAPES] * layers
+            threshold = select.kth_largest_magnitude(arrays, k)
+        thresholds.append(threshold)
+    return jnp.asarray(np.asarray(thresholds, np.float32))
 
 
-def run_method(method, hparams, base, experts, layers, stacked=False):
-    """Seconds to merge the whole stack once (after a warm-up that compiles)."""
+def run_method(method, hparams, base, experts, layers, stacked=False, repeats=2):
+    """Best of `repeats` timed merges of the whole stack, after a one-layer warm-up."""
     if stacked:
         fn = jax.jit(
             lambda stack, b: (
@@ -150,7 +159,7 @@ def run_method(method, hparams, base, experts, layers, stacked=False):
         )
         stacks = {name: jnp.stack([e[name] for e in experts]) for name in LAYER_SHAPES}
 
-        def once():
+        def once(layers=layers):
             out = None
             for _ in range(layers):
                 for name in LAYER_SHAPES:
@@ -163,7 +172,7 @@ def run_method(method, hparams, base, experts, layers, stacked=False):
         use_global = METHODS[method].global_trim and hparams.get("trim", "global") == "global"
         keys = {name: parameter_key(0, name) for name in LAYER_SHAPES}
 
-        def once():
+        def once(layers=layers):
             thresholds = None
             if use_global:
                 thresholds = global_thresholds(
@@ -175,9 +184,9 @@ def run_method(method, hparams, base, experts, layers, stacked=False):
                     out = fn([e[name] for e in experts], base[name], keys[name], thresholds)
             return jax.block_until_ready(out)
 
-    once()  # compile
+    once(layers=1)  # compiles every shape
     timings = []
-    for _ in range(2):
+    for _ in range(repeats):
         start = time.perf_counter()
         once()
         timings.append(time.perf_counter() - start)
@@ -187,6 +196,7 @@ def run_method(method, hparams, base, experts, layers, stacked=False):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=LAYERS)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs; the best is kept")
     parser.add_argument(
         "--methods",
         nargs="*",
@@ -218,7 +228,7 @@ def main(argv=None):
         spec = METHODS[method]
         inputs = len(experts) + (1 if spec.needs_base else 0)
         moved = parameters * 2 * (inputs + 1)  # bf16 reads + the write
-        seconds = run_method(method, hparams, base, experts, args.layers, stacked)
+        seconds = run_method(method, hparams, base, experts, args.layers, stacked, args.repeats)
         results[label] = seconds
         floor = moved / bandwidth
         print(f"{label:36s} {seconds:9.2f} {moved / seconds / 1e9:7.2f} {seconds / floor:8.2f}")
