@@ -41,6 +41,9 @@ from jaxmerge.methods.tree import TRIMS
 HPARAMS = ("lam", "density", "drop_rate", "trim", "gamma", "epsilon", "t")
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 DEFAULT_RULES = ((".*", PartitionSpec("data")),)  # first dimension over every device
+# Groups of parameters only amortise per-call overhead; past a few hundred MB they
+# buy no speed, only memory. The default budget is this, or half the free memory.
+DEFAULT_BUDGET = 2 * 2**30
 
 # Every input is donated so XLA may write the result over one of them (the base when
 # dtypes match); the others are freed with it. XLA warns about the ones it did not reuse.
@@ -71,7 +74,7 @@ class MergeConfig:
     input_format: str | None = None
     output_format: str | None = None
     dtype: str | None = None
-    memory_budget: int | None = None  # bytes; None: half of the available memory
+    memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET or half the free memory
     overwrite: bool = False
     max_shard_bytes: int = 5 * 10**9
 
@@ -377,7 +380,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     ]
     plan = make_plan(config, base, experts)
     mesh = sharding.make_mesh()
-    budget = config.memory_budget or available_memory() // 2
+    budget = config.memory_budget or min(DEFAULT_BUDGET, available_memory() // 2)
     writer = checkpoints.create(
         output,
         plan.output_format,
