@@ -295,3 +295,15 @@ def test_safetensors_any_shapes_and_shard_sizes_round_trip(shapes, dtype, max_sh
         with checkpoints.open(out) as reader:
             assert reader.params == infos(model)
             assert all(bits(reader.read_numpy(n)) == bits(a) for n, a in model.items())
+
+
+@pytest.mark.parametrize("fmt", ["t5x", "orbax"])
+def test_sharded_read_with_a_tiny_window_of_reads_in_flight(tmp_path, fmt, monkeypatch):
+    monkeypatch.setattr(_layout, "READ_WINDOW_BYTES", 1)  # one shard read at a time
+    model = make_model()
+    write(tmp_path / "m", fmt, model)
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    with checkpoints.open(tmp_path / "m") as reader:
+        for name, array in model.items():
+            spec = P("data", "model") if array.ndim == 2 else P("model")
+            assert bits(reader.read(name, NamedSharding(mesh, spec))) == bits(array)
