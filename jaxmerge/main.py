@@ -15,10 +15,7 @@ from jaxmerge.errors import InputError
 # TensorFlow, models) inside run(), so building the parser stays cheap.
 COMMANDS = {
     "demo": ("jaxmerge.demo", "merge small generated checkpoints with every method"),
-    "inspect": (
-        "jaxmerge.inspect_cmd",
-        "show a checkpoint's format, step, parameters and size",
-    ),
+    "inspect": ("jaxmerge.inspect_cmd", "format, step, parameters and size of a checkpoint"),
 }
 
 
