@@ -347,3 +347,47 @@ def test_reader_surface(tmp_path, fmt):
     with pytest.raises(CheckpointError, match="no_such"):
         reader.read("no_such/kernel")
     reader.close()
+
+
+@pytest.mark.parametrize("fmt", ["t5x", "orbax"])
+def test_sharded_writes_chunk_by_shard_like_t5x(tmp_path, fmt):
+    """Each shard of a sharded array owns its chunks (T5X chunks each host's write shape)."""
+    import tensorstore as ts
+
+    model = {"encoder/layers_0/mlp/wi/kernel": np.arange(64 * 32, dtype=np.float32).reshape(64, 32)}
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    sharded = jax.device_put(
+        model["encoder/layers_0/mlp/wi/kernel"], NamedSharding(mesh, P("data", "model"))
+    )
+    writer = checkpoints.create(tmp_path / "m", fmt, infos(model))
+    writer.write("encoder/layers_0/mlp/wi/kernel", sharded)
+    out = writer.finalize()
+    if fmt == "t5x":
+        zarray = json.loads((out / "target.encoder.layers_0.mlp.wi.kernel" / ".zarray").read_text())
+        chunks = zarray["chunks"]
+        spec = flax_msgpack_spec(out, "encoder/layers_0/mlp/wi/kernel")
+        assert spec["metadata"]["chunks"] == chunks
+    else:
+        spec = {
+            "driver": "zarr",
+            "kvstore": {
+                "driver": "ocdbt",
+                "base": f"file://{out / 'state'}/",
+                "path": "target.encoder.layers_0.mlp.wi.kernel",
+            },
+        }
+        chunks = list(ts.open(spec, open=True).result().chunk_layout.read_chunk.shape)
+    assert chunks == [16, 16]
+    with checkpoints.open(out) as reader:
+        assert bits(reader.read_numpy("encoder/layers_0/mlp/wi/kernel")) == bits(sharded)
+
+
+def flax_msgpack_spec(out, name):
+    import flax.serialization
+
+    node = flax.serialization.msgpack_restore((out / "checkpoint").read_bytes())["optimizer"][
+        "target"
+    ]
+    for key in name.split("/"):
+        node = node[key]
+    return node

@@ -166,6 +166,16 @@ def chunk_shape(shape: Sequence[int], itemsize: int, target_bytes: int = 64 << 2
     return chunks
 
 
+def write_chunks(array, info: ParamInfo, target_bytes: int) -> list[int]:
+    """Chunks for writing `array`: dividing its shard shape when it is a sharded jax.Array (as
+    T5X chunks each host's write shape), so shards never share a chunk and compress in
+    parallel; else dividing the full shape."""
+    shape = info.shape
+    if isinstance(array, jax.Array) and not array.sharding.is_fully_replicated:
+        shape = tuple(array.sharding.shard_shape(info.shape))
+    return chunk_shape(shape, info.dtype.itemsize, target_bytes)
+
+
 def fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:

@@ -265,7 +265,7 @@ class Writer:
             "kvstore": kvstore,
             "metadata": {
                 "shape": list(info.shape),
-                "chunks": _layout.chunk_shape(info.shape, info.dtype.itemsize, CHUNK_BYTES),
+                "chunks": _layout.write_chunks(array, info, CHUNK_BYTES),
                 "dtype": _zarr_dtype(info.dtype),
                 "compressor": self._compressor,
             },
