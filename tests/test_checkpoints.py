@@ -391,3 +391,18 @@ def flax_msgpack_spec(out, name):
     for key in name.split("/"):
         node = node[key]
     return node
+
+
+@pytest.mark.parametrize("spec", [P(None, "model"), P("data", "model"), P("model", None, "data")])
+def test_safetensors_writes_any_sharding_shard_by_shard(tmp_path, spec):
+    rng = np.random.default_rng(3)
+    array = rng.standard_normal((8, 4, 8) if len(spec) == 3 else (8, 6 * 2)).astype(np.float32)
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    sharded = jax.device_put(array, NamedSharding(mesh, spec))
+    writer = checkpoints.create(
+        tmp_path / "o", "safetensors", {"w": ParamInfo(array.shape, array.dtype)}
+    )
+    writer.write("w", sharded)
+    writer.finalize()
+    with checkpoints.open(tmp_path / "o") as reader:
+        assert bits(reader.read_numpy("w")) == bits(array)

@@ -15,8 +15,6 @@ from __future__ import annotations
 import pathlib
 import re
 
-import jax
-
 from jaxmerge.checkpoints import orbax, safetensors, t5x
 from jaxmerge.checkpoints._layout import SUPPORTED_DTYPES, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -108,11 +106,6 @@ def create(
     """
     if format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; one of {FORMATS}")
-    if jax.process_count() > 1:
-        raise CheckpointError(
-            f"{path}: writing from {jax.process_count()} processes is not supported yet; "
-            "write from a single process"
-        )
     if reference is not None and not pathlib.Path(reference).is_dir():
         raise CheckpointError(f"{reference}: reference directory does not exist")
     for name, info in params.items():

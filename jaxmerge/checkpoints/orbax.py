@@ -238,6 +238,11 @@ class Writer:
     ):
         del reference, max_shard_bytes
         out = pathlib.Path(path).absolute()
+        if jax.process_count() > 1:  # one OCDBT database takes one writer
+            raise CheckpointError(
+                f"{out}: the orbax writer runs in one process ({jax.process_count()} here); "
+                "write t5x or safetensors from several processes"
+            )
         _layout.check_tree_names(out, params)
         self.params = dict(params)
         self.step = int(step)

@@ -327,7 +327,13 @@ class Writer:
         relative = spec["kvstore"]["path"]
         spec["kvstore"] = {"driver": "file", "path": str(self._dir / relative)}
         where = f"{self._dir / relative}: parameter {name}"
-        store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+        # Process 0 creates the array (replacing a partial one from a killed run); then every
+        # process writes the shards it holds into chunks of its own.
+        if _layout.is_primary():
+            store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+        _layout.barrier(f"created:{where}")
+        if not _layout.is_primary():
+            store = _layout.ts_result(ts.open(spec, open=True, write=True), where)
         futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
         for f in futures:
             _layout.ts_result(f, where)
@@ -339,14 +345,15 @@ class Writer:
             raise CheckpointError(
                 f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
             )
-        specs = {}
-        for name, info in self.params.items():  # chunks as written (they follow the sharding)
-            zarray = self._dir / ("target." + name.replace("/", ".")) / ".zarray"
-            chunks = json.loads(zarray.read_text())["chunks"]
-            specs[name] = spec_for(name, info, self._level, chunks)
-        _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
-        for file_name, data in (extra_files or {}).items():
-            _layout.write_file(self._staging.tmp / file_name, data)
+        if _layout.is_primary():
+            specs = {}
+            for name, info in self.params.items():  # chunks as written (they follow sharding)
+                zarray = self._dir / ("target." + name.replace("/", ".")) / ".zarray"
+                chunks = json.loads(zarray.read_text())["chunks"]
+                specs[name] = spec_for(name, info, self._level, chunks)
+            _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
+            for file_name, data in (extra_files or {}).items():
+                _layout.write_file(self._staging.tmp / file_name, data)
         self._staging.commit()
         return self.path
 
