@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import struct
 from collections.abc import Iterator
 
@@ -324,7 +323,7 @@ class Writer:
         if self.reference is not None:
             for file_name in REFERENCE_FILES:
                 if (self.reference / file_name).is_file():
-                    shutil.copyfile(self.reference / file_name, tmp / file_name)
+                    _layout.write_file(tmp / file_name, (self.reference / file_name).read_bytes())
         for file_name, data in (extra_files or {}).items():
             _layout.write_file(tmp / file_name, data)
         return self._staging.commit()
