@@ -9,8 +9,9 @@ Measures, in one run on the same directory:
   `checkpoints.create(...).write(...)/.finalize()` (every write fsync'd, as the writers do),
   and reading it back, page cache dropped first, with `reader.read(name)` (single device) and
   `reader.read(name, NamedSharding)` over 8 CPU devices.
-Prints a markdown table (MB/s, and the disk's speed divided by the format's). Goal: reads
-within 1.5x of the disk, writes within 2x. Besides each format's default codec (what T5X and
+Every number is the median of `--repeats` runs (default 3). Prints a markdown table (MB/s,
+and the disk's speed divided by the format's). Goal: reads within 1.5x of the disk, writes
+within 2x. Besides each format's default codec (what T5X and
 Orbax themselves write) it measures gzip level 0 / uncompressed variants, to separate the
 cost of (de)compression on this machine's cores from the cost of I/O. Weights are random
 normal float32, which hardly compress, like real weights.
@@ -137,6 +138,7 @@ def main(argv=None) -> int:
     parser.add_argument("--size_gb", type=float, default=1.0)
     parser.add_argument("--dir", default="bench_output/checkpoints")
     parser.add_argument("--formats", nargs="+", default=list(checkpoints.FORMATS))
+    parser.add_argument("--repeats", type=int, default=3, help="report the median of this many")
     args = parser.parse_args(argv)
     directory = pathlib.Path(args.dir).absolute()
     directory.mkdir(parents=True, exist_ok=True)
@@ -144,11 +146,13 @@ def main(argv=None) -> int:
     model = make_model(nbytes)
     total = sum(a.nbytes for a in model.values())
     mesh = jax.make_mesh((jax.device_count(),), ("data",))
-    disk_write, disk_read = disk_speed(directory, total // BLOCK * BLOCK)
+    runs = [disk_speed(directory, total // BLOCK * BLOCK) for _ in range(args.repeats)]
+    disk_write = float(np.median([w for w, _ in runs]))
+    disk_read = float(np.median([r for _, r in runs]))
     mb = 1e6
     print(
         f"model: {len(model)} float32 tensors, {total / 2**30:.2f} GiB; dir {directory}; "
-        f"{os.cpu_count()} CPUs, {jax.device_count()} devices"
+        f"{os.cpu_count()} CPUs, {jax.device_count()} devices; median of {args.repeats} runs"
     )
     print()
     print(
@@ -163,7 +167,8 @@ def main(argv=None) -> int:
     for label, (fmt, options) in VARIANTS.items():
         if fmt not in args.formats:
             continue
-        r = bench_format(fmt, options, model, directory, mesh)
+        runs = [bench_format(fmt, options, model, directory, mesh) for _ in range(args.repeats)]
+        r = {k: float(np.median([run[k] for run in runs])) for k in runs[0]}
         print(
             f"| {label} | {r['write'] / mb:.0f} | {disk_write / r['write']:.2f} "
             f"| {r['host'] / mb:.0f} | {disk_read / r['host']:.2f} | {r['device'] / mb:.0f} "

@@ -195,3 +195,13 @@ def test_cli_exit_status_2_with_one_line(tmp_path, case):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("jaxmerge inspect: error: "), result.stderr
     assert str(path) in lines[0] or str(path / "model.safetensors") in lines[0]
+
+
+def test_create_refuses_a_missing_reference_dir(tmp_path):
+    with pytest.raises(CheckpointError, match="reference directory does not exist"):
+        checkpoints.create(
+            tmp_path / "o",
+            "safetensors",
+            {"w": ParamInfo((2,), np.float32)},
+            reference=tmp_path / "x",
+        )

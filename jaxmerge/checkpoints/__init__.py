@@ -106,6 +106,8 @@ def create(
     """
     if format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; one of {FORMATS}")
+    if reference is not None and not pathlib.Path(reference).is_dir():
+        raise CheckpointError(f"{reference}: reference directory does not exist")
     for name, info in params.items():
         if info.dtype not in SUPPORTED_DTYPES:
             raise CheckpointError(f"{path}: parameter {name}: unsupported dtype {info.dtype.name}")

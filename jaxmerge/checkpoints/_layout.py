@@ -25,6 +25,7 @@ import jax
 import ml_dtypes
 import numpy as np
 import tensorstore as ts
+from jax.experimental import multihost_utils
 
 from jaxmerge.errors import CheckpointError
 
@@ -166,6 +167,16 @@ def chunk_shape(shape: Sequence[int], itemsize: int, target_bytes: int = 64 << 2
     return chunks
 
 
+def write_chunks(array, info: ParamInfo, target_bytes: int) -> list[int]:
+    """Chunks for writing `array`: dividing its shard shape when it is a sharded jax.Array (as
+    T5X chunks each host's write shape), so shards never share a chunk and compress in
+    parallel; else dividing the full shape."""
+    shape = info.shape
+    if isinstance(array, jax.Array) and not array.sharding.is_fully_replicated:
+        shape = tuple(array.sharding.shard_shape(info.shape))
+    return chunk_shape(shape, info.dtype.itemsize, target_bytes)
+
+
 def fsync_dir(path: pathlib.Path) -> None:
     fd = os.open(path, os.O_RDONLY)
     try:
@@ -182,12 +193,27 @@ def write_file(path: pathlib.Path, data: bytes) -> None:
         os.fsync(f.fileno())
 
 
+def barrier(tag: str) -> None:
+    """Waits for every process (multi-controller runs); nothing to wait for in one process."""
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"jaxmerge:{tag}")
+
+
+def is_primary() -> bool:
+    """Process 0 owns the directory operations, the journal and the metadata files."""
+    return jax.process_index() == 0
+
+
 class Staging:
     """The temporary sibling `OUT.jaxmerge-tmp/` a writer fills, its journal, and the commit.
 
     The journal's first line records what the run writes (format, parameters, step, options);
     each later line names one parameter that is durably written. `resume=True` keeps a partial
     run whose first line matches; anything else starts from an empty directory.
+
+    With several processes (a shared filesystem, as T5X assumes), every process writes its
+    own shards; process 0 alone creates and renames directories and keeps the journal, and a
+    parameter is journaled only after every process has written its part.
     """
 
     def __init__(self, out: pathlib.Path, header: dict, *, resume: bool, overwrite: bool):
@@ -199,22 +225,30 @@ class Staging:
                     f"{self.out}: output exists and is not empty (overwrite=True replaces it)"
                 )
         self.header = json.loads(json.dumps(header))  # what the journal will hold
-        self.done: set[str] = set()
+        self._journal = None
+        if is_primary():
+            if not (resume and self._read_done()) and self.tmp.exists():
+                shutil.rmtree(self.tmp)
+            if not self.tmp.exists():
+                self.tmp.mkdir(parents=True)
+                self._append(self.header)
+            self._journal = open(self.tmp / JOURNAL, "a")  # noqa: SIM115 - closed in commit
+        barrier(f"staging:{self.out}")
+        self.done: set[str] = self._read_done()
+
+    def _read_done(self) -> set[str]:
+        """Names journaled under a header equal to ours; empty if none or another run's."""
         journal = self.tmp / JOURNAL
-        if resume and journal.exists():
-            lines = journal.read_text().splitlines()
-            try:
-                entries = [json.loads(line) for line in lines]
-            except json.JSONDecodeError:
-                entries = [json.loads(line) for line in lines[:-1]]  # torn last line
-            if entries and entries[0] == self.header:
-                self.done = {e["done"] for e in entries[1:] if "done" in e}
-        if not self.done and self.tmp.exists():
-            shutil.rmtree(self.tmp)
-        if not self.tmp.exists():
-            self.tmp.mkdir(parents=True)
-            self._append(self.header)
-        self._journal = open(journal, "a")  # noqa: SIM115 - closed in commit/abort
+        if not journal.exists():
+            return set()
+        lines = journal.read_text().splitlines()
+        try:
+            entries = [json.loads(line) for line in lines]
+        except json.JSONDecodeError:
+            entries = [json.loads(line) for line in lines[:-1]]  # torn last line
+        if not entries or entries[0] != self.header:
+            return set()
+        return {e["done"] for e in entries[1:] if "done" in e}
 
     def _append(self, entry: dict) -> None:
         with open(self.tmp / JOURNAL, "a") as f:
@@ -223,31 +257,37 @@ class Staging:
             os.fsync(f.fileno())
 
     def mark_done(self, name: str) -> None:
-        self._journal.write(json.dumps({"done": name}) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
+        """Call on every process once its part of `name` is fsync'd."""
+        barrier(f"written:{self.out}:{name}")
+        if self._journal is not None:
+            self._journal.write(json.dumps({"done": name}) + "\n")
+            self._journal.flush()
+            os.fsync(self._journal.fileno())
         self.done.add(name)
 
     def commit(self) -> pathlib.Path:
         """Removes the journal, fsyncs, renames the sibling onto OUT (replacing an old OUT)."""
-        self._journal.close()
-        (self.tmp / JOURNAL).unlink()
-        fsync_dir(self.tmp)
-        old = self.out.with_name(self.out.name + OLD_SUFFIX)
-        if self.out.exists():
+        barrier(f"finalize:{self.out}")
+        if is_primary():
+            self._journal.close()
+            (self.tmp / JOURNAL).unlink()
+            fsync_dir(self.tmp)
+            old = self.out.with_name(self.out.name + OLD_SUFFIX)
+            if self.out.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                self.out.rename(old)
+            self.tmp.rename(self.out)
+            fsync_dir(self.out.parent)
             if old.exists():
                 shutil.rmtree(old)
-            self.out.rename(old)
-        self.tmp.rename(self.out)
-        fsync_dir(self.out.parent)
-        if old.exists():
-            shutil.rmtree(old)
+        barrier(f"committed:{self.out}")
         return self.out
 
     def abort(self) -> None:
-        if not self._journal.closed:
+        if self._journal is not None and not self._journal.closed:
             self._journal.close()
-        if self.tmp.exists():
+        if is_primary() and self.tmp.exists():
             shutil.rmtree(self.tmp)
 
 

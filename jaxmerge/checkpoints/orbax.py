@@ -238,6 +238,11 @@ class Writer:
     ):
         del reference, max_shard_bytes
         out = pathlib.Path(path).absolute()
+        if jax.process_count() > 1:  # one OCDBT database takes one writer
+            raise CheckpointError(
+                f"{out}: the orbax writer runs in one process ({jax.process_count()} here); "
+                "write t5x or safetensors from several processes"
+            )
         _layout.check_tree_names(out, params)
         self.params = dict(params)
         self.step = int(step)
@@ -265,7 +270,7 @@ class Writer:
             "kvstore": kvstore,
             "metadata": {
                 "shape": list(info.shape),
-                "chunks": _layout.chunk_shape(info.shape, info.dtype.itemsize, CHUNK_BYTES),
+                "chunks": _layout.write_chunks(array, info, CHUNK_BYTES),
                 "dtype": _zarr_dtype(info.dtype),
                 "compressor": self._compressor,
             },

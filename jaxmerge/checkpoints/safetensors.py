@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import struct
 from collections.abc import Iterator
 
@@ -278,7 +277,7 @@ class Writer:
             file = self._staging.tmp / file_name
             head, offsets = _header_bytes(names, self.params)
             total = len(head) + sum(self.params[n].nbytes for n in names)
-            if not file.exists():
+            if _layout.is_primary() and not file.exists():
                 with open(file, "wb") as f:
                     f.write(head)
                     f.truncate(total)
@@ -289,6 +288,7 @@ class Writer:
         self._weight_map = {
             n: f for f, names in zip(file_names, groups, strict=True) for n in names
         }
+        _layout.barrier(f"preallocated:{self.path}")
 
     def write(self, name: str, array) -> None:
         if name not in self.params:
@@ -296,19 +296,10 @@ class Writer:
         info = self.params[name]
         _layout.check_array(str(self.path), name, info, array)
         file, offset = self._target[name]
-        row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
         fd = os.open(file, os.O_WRONLY)
         try:
             for index, data in _layout.host_shards(array):
-                if all(
-                    s.start == 0 and s.stop == n
-                    for s, n in zip(index[1:], info.shape[1:], strict=True)
-                ):  # rows [a, b): one contiguous run of bytes
-                    at = offset + (index[0].start * row_bytes if index else 0)
-                    _pwrite_all(fd, np.ascontiguousarray(data), at)
-                else:  # sharded inside a row: fall back to writing the whole tensor once
-                    _pwrite_all(fd, np.ascontiguousarray(np.asarray(array)), offset)
-                    break
+                _write_block(fd, offset, info, index, np.ascontiguousarray(data))
             os.fsync(fd)
         finally:
             os.close(fd)
@@ -321,6 +312,8 @@ class Writer:
                 f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
             )
         tmp = self._staging.tmp
+        if not _layout.is_primary():
+            return self._staging.commit()
         if len(self._files) > 1:
             index = {
                 "metadata": {"total_size": sum(p.nbytes for p in self.params.values())},
@@ -330,13 +323,36 @@ class Writer:
         if self.reference is not None:
             for file_name in REFERENCE_FILES:
                 if (self.reference / file_name).is_file():
-                    shutil.copyfile(self.reference / file_name, tmp / file_name)
+                    _layout.write_file(tmp / file_name, (self.reference / file_name).read_bytes())
         for file_name, data in (extra_files or {}).items():
             _layout.write_file(tmp / file_name, data)
         return self._staging.commit()
 
     def abort(self) -> None:
         self._staging.abort()
+
+
+def _write_block(fd: int, offset: int, info: ParamInfo, index: Index, block: np.ndarray) -> None:
+    """Writes `block` (the C-ordered sub-array at `index`) into the tensor stored at `offset`.
+
+    Dimensions from the first one the block covers whole onwards are contiguous in the file;
+    one pwrite per run, e.g. one per row of a column shard, one in all for a row shard.
+    """
+    shape, itemsize = info.shape, info.dtype.itemsize
+    first_whole = len(shape)
+    while first_whole > 0 and index[first_whole - 1] == slice(0, shape[first_whole - 1], 1):
+        first_whole -= 1
+    if first_whole == 0:  # the whole tensor
+        _pwrite_all(fd, block, offset)
+        return
+    strides = [int(np.prod(shape[d + 1 :], dtype=np.int64)) for d in range(len(shape))]
+    outer = first_whole - 1  # the runs are indexed by the dimensions before this one
+    for local in np.ndindex(*block.shape[:outer]):
+        start = [s.start for s in index]
+        for d, i in enumerate(local):
+            start[d] += i
+        element = sum(a * b for a, b in zip(start, strides, strict=True))
+        _pwrite_all(fd, block[local], offset + element * itemsize)
 
 
 def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:

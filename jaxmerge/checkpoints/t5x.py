@@ -19,6 +19,7 @@ shape must agree).
 
 from __future__ import annotations
 
+import json
 import pathlib
 from collections.abc import Iterator
 
@@ -238,7 +239,10 @@ def _unchunk(leaf: dict, where: str) -> np.ndarray:
     return np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape)
 
 
-def spec_for(name: str, info: ParamInfo, compression_level: int) -> dict:
+CHUNK_BYTES = 64 << 20  # T5X's _DESIRED_CHUNK_SIZE_BYTES
+
+
+def spec_for(name: str, info: ParamInfo, compression_level: int, chunks: list[int]) -> dict:
     """The TensorStore spec T5X stores in the msgpack for `target/<name>` (relative path)."""
     return ts.Spec(
         {
@@ -248,7 +252,7 @@ def spec_for(name: str, info: ParamInfo, compression_level: int) -> dict:
             "metadata": {
                 "compressor": {"id": "gzip", "level": compression_level},
                 "shape": list(info.shape),
-                "chunks": _layout.chunk_shape(info.shape, info.dtype.itemsize),
+                "chunks": list(chunks),
             },
         }
     ).to_json()
@@ -311,16 +315,25 @@ class Writer:
         self.done = self._staging.done
         self._dir = self._staging.tmp / self.path.name
         self._dir.mkdir(exist_ok=True)
-        self._specs = {n: spec_for(n, p, compression_level) for n, p in self.params.items()}
+        self._level = compression_level
 
     def write(self, name: str, array) -> None:
         if name not in self.params:
             raise CheckpointError(f"{self.path}: parameter {name} was not declared in create()")
-        _layout.check_array(str(self.path), name, self.params[name], array)
-        spec = dict(self._specs[name])
-        spec["kvstore"] = {"driver": "file", "path": str(self._dir / spec["kvstore"]["path"])}
-        where = f"{self._dir / self._specs[name]['kvstore']['path']}: parameter {name}"
-        store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+        info = self.params[name]
+        _layout.check_array(str(self.path), name, info, array)
+        chunks = _layout.write_chunks(array, info, CHUNK_BYTES)
+        spec = spec_for(name, info, self._level, chunks)
+        relative = spec["kvstore"]["path"]
+        spec["kvstore"] = {"driver": "file", "path": str(self._dir / relative)}
+        where = f"{self._dir / relative}: parameter {name}"
+        # Process 0 creates the array (replacing a partial one from a killed run); then every
+        # process writes the shards it holds into chunks of its own.
+        if _layout.is_primary():
+            store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+        _layout.barrier(f"created:{where}")
+        if not _layout.is_primary():
+            store = _layout.ts_result(ts.open(spec, open=True, write=True), where)
         futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
         for f in futures:
             _layout.ts_result(f, where)
@@ -332,9 +345,15 @@ class Writer:
             raise CheckpointError(
                 f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
             )
-        _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(self._specs, self.step))
-        for file_name, data in (extra_files or {}).items():
-            _layout.write_file(self._staging.tmp / file_name, data)
+        if _layout.is_primary():
+            specs = {}
+            for name, info in self.params.items():  # chunks as written (they follow sharding)
+                zarray = self._dir / ("target." + name.replace("/", ".")) / ".zarray"
+                chunks = json.loads(zarray.read_text())["chunks"]
+                specs[name] = spec_for(name, info, self._level, chunks)
+            _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
+            for file_name, data in (extra_files or {}).items():
+                _layout.write_file(self._staging.tmp / file_name, data)
         self._staging.commit()
         return self.path
 

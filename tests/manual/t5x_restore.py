@@ -16,13 +16,15 @@ msgpack checkpoints, so it refuses the `orbax` output as it refuses T5X's own Or
 - fine-tuning: Adafactor, plus `assignment_map=((r'state/param_states.*', None),)` and
   `fallback_to_scratch=True` (the gin lines in docs/checkpoints.md).
 Every restored parameter must equal what was written, bit for bit, on T5X's mesh of 8 CPU
-devices; fine-tuning without the assignment_map must be refused (no optimizer state).
+devices, and placed by T5X's partitioner exactly where jaxmerge's `sharding.t5x_rules` puts
+it; fine-tuning without the assignment_map must be refused (no optimizer state).
 """
 
 import functools
 import importlib.abc
 import importlib.machinery
 import os
+import re
 import sys
 import types
 from unittest import mock
@@ -59,7 +61,7 @@ from flax import traverse_util  # noqa: E402
 from t5x import adafactor, models, partitioning, utils  # noqa: E402
 from t5x.examples.t5 import network  # noqa: E402
 
-from jaxmerge import checkpoints  # noqa: E402
+from jaxmerge import checkpoints, sharding  # noqa: E402
 from jaxmerge.checkpoints import ParamInfo  # noqa: E402
 
 INPUT_SHAPES = {"encoder_input_tokens": (8, 16), "decoder_input_tokens": (8, 8)}
@@ -132,6 +134,10 @@ def check(label, params, expect_fail, path, finetune, use_orbax, **kwargs) -> in
         assert restored.dtype == array.dtype, (label, name, restored.dtype)
         assert restored.tobytes() == array.tobytes(), (label, name)
     assert int(state.step) == 1000, (label, state.step)
+    for name, x in got.items():  # jaxmerge's T5X rules place each parameter as T5X does
+        mesh = x.sharding.mesh
+        ours = sharding.spec_from_rules(name, x.shape, sharding.t5x_rules(mesh), mesh)
+        assert sharding.fit_spec(x.sharding.spec, x.shape, mesh) == ours, (name, ours, x.sharding)
     shardings = {str(x.sharding.spec) for x in jax.tree.leaves(state.params)}
     print(f"ok   {label}: {len(got)} params bit-equal, step {int(state.step)}, specs {shardings}")
     return 0
@@ -140,11 +146,17 @@ def check(label, params, expect_fail, path, finetune, use_orbax, **kwargs) -> in
 def main(root):
     params = written_params()
     infos = {n: ParamInfo(a.shape, a.dtype) for n, a in params.items()}
+    mesh = sharding.make_mesh((4, 2), ("data", "model"))
+    placement = sharding.shardings(infos, mesh, sharding.t5x_rules(mesh))
+    unmatched = [
+        n for n in infos if not any(re.fullmatch(r, n) for r, _ in sharding.t5x_rules(mesh))
+    ]
+    print(f"T5 names without a logical-axis rule: {unmatched or 'none'}")
     failures = 0
     for fmt in ("t5x", "orbax"):
         writer = checkpoints.create(f"{root}/{fmt}", fmt, infos, step=1000, overwrite=True)
-        for name, array in params.items():
-            writer.write(name, array)
+        for name, array in params.items():  # sharded by jaxmerge's T5X rules, chunked per shard
+            writer.write(name, jax.device_put(array, placement[name]))
         path = writer.finalize()
         for finetune in (False, True):
             for use_orbax in (True, False):

@@ -1,0 +1,100 @@
+"""Two JAX processes (4 CPU devices each, gloo collectives) write one checkpoint together:
+each writes only the shards it holds, process 0 the metadata; the result equals the model,
+and each process reads back only its own shards."""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from jaxmerge import checkpoints
+from tests.test_checkpoints import bits, make_model
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    port, pid, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=pid,
+                               initialization_timeout=60)
+    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jaxmerge import checkpoints
+    from jaxmerge.checkpoints import ParamInfo
+    from jaxmerge.errors import CheckpointError
+    from tests.test_checkpoints import make_model
+    model = make_model()
+    mesh = jax.make_mesh((4, 2), ("data", "model"))
+    infos = {n: ParamInfo(a.shape, a.dtype) for n, a in model.items()}
+    for fmt in ("t5x", "safetensors"):
+        writer = checkpoints.create(f"{out}/{fmt}", fmt, infos, step=3, max_shard_bytes=600)
+        for name, array in model.items():
+            spec = P("data", "model") if array.ndim == 2 else P("model")
+            x = jax.make_array_from_callback(array.shape, NamedSharding(mesh, spec),
+                                             lambda index, a=array: a[index])
+            assert not x.is_fully_addressable
+            writer.write(name, x)
+        writer.finalize()
+        with checkpoints.open(f"{out}/{fmt}") as reader:  # each process reads its own shards
+            for name, array in model.items():
+                spec = P("model", "data") if array.ndim == 2 else P("data")
+                x = reader.read(name, NamedSharding(mesh, spec))
+                for shard in x.addressable_shards:
+                    assert shard.data.tobytes() == array[shard.index].tobytes(), (fmt, name)
+    try:
+        checkpoints.create(f"{out}/orbax", "orbax", infos)
+    except CheckpointError as e:
+        print("orbax refused:", e)
+    print("worker", pid, "done", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_write_t5x_and_safetensors_together(tmp_path):
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+    env.pop("XLA_FLAGS", None)
+    port = _free_port()
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, str(port), str(pid), str(tmp_path)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=repo,
+        )
+        for pid in (0, 1)
+    ]
+    outputs = []
+    for worker in workers:
+        try:
+            outputs.append(worker.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            pytest.fail("multi-process writers hung")
+    for pid, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
+        assert worker.returncode == 0, output[-3000:]
+        assert f"worker {pid} done" in output and "orbax refused" in output
+    model = make_model()
+    for fmt in ("t5x", "safetensors"):
+        with checkpoints.open(tmp_path / fmt) as reader:
+            assert reader.format == fmt
+            for name, array in model.items():
+                got = reader.read_numpy(name)
+                assert got.dtype == array.dtype and bits(got) == bits(array), (fmt, name)
+    assert not (tmp_path / "t5x.jaxmerge-tmp").exists()
+    assert np.all([p.is_file() for p in (tmp_path / "t5x" / "checkpoint_3").glob("checkpoint")])
