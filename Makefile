@@ -17,7 +17,7 @@ demo: $(STAMP)
 	$(BIN)/jaxmerge demo
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -403,14 +403,17 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             task = progress.task(description, sum(input_bytes[n] for n in names))
 
             def load(group):
+                """Reads a group, the inputs of each parameter concurrently (decoding is CPU)."""
                 out = []
                 for name in group:
                     target = merger.sharding(name)
-                    arrays = [r.read(name, target) for r in experts]
-                    out.append((name, arrays, base.read(name, target) if base else None))
+                    inputs = [*experts, *([base] if base else [])]
+                    futures = [readers_pool.submit(r.read, name, target) for r in inputs]
+                    arrays = [f.result() for f in futures]
+                    out.append((name, arrays[: len(experts)], arrays[-1] if base else None))
                 return out
 
-            with ThreadPoolExecutor(1) as pool:
+            with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(len(readers)) as readers_pool:
                 pending = pool.submit(load, groups[0]) if groups else None
                 for i in range(len(groups)):
                     loaded = pending.result()
