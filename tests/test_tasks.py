@@ -99,3 +99,13 @@ def test_rank_classification_metric():
     targets = [(0, False), (0, True), (1, True), (1, False)]
     assert metrics.rank_classification(targets, [-3.0, -1.0, -5.0, -2.0]) == {"accuracy": 50.0}
     assert metrics.exact_match(["a", "b"], ["a ", "c"]) == {"accuracy": 50.0}
+
+
+def test_pretraining_corpus_is_deterministic():
+    first = registry.pretraining_examples("validation")
+    registry.pretraining_examples.cache_clear()
+    again = registry.pretraining_examples("validation")
+    assert len(first[0]) == registry.SPLIT_SIZES["validation"]
+    for a, b in zip(first[0] + first[1], again[0] + again[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(t[0] == 358 for t in first[1])  # targets start with the first sentinel
