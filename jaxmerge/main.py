@@ -16,6 +16,8 @@ from jaxmerge.gin_utils import expand_gin_flags
 # TensorFlow, models) inside run(), so building the parser stays cheap.
 COMMANDS = {
     "demo": ("jaxmerge.demo", "merge small generated checkpoints with every method"),
+    "merge": ("jaxmerge.merge_cmd", "merge a base and experts into one checkpoint"),
+    "inspect": ("jaxmerge.inspect_cmd", "show a checkpoint's format, step, parameters and size"),
     "train": ("jaxmerge.train", "pre-train or fine-tune a T5 1.1 model on seqio tasks (T5X gin)"),
 }
 

@@ -1,0 +1,210 @@
+"""`jaxmerge merge` end to end against mergekit, on the same files, in one run.
+
+    .venv/bin/python benchmarks/merge.py                       # 1.1B parameters, base + 2 experts
+    .venv/bin/python benchmarks/merge.py --layers 4 --mergekit /tmp/mk/bin/mergekit-yaml
+    .venv/bin/python benchmarks/merge.py --experts 8 --memory_budget 4GB --methods ties
+
+Builds random Llama-shaped checkpoints itself (Hugging Face safetensors, bf16,
+Llama-3.2-1B-like shapes with a 32k vocabulary: 1.1B parameters at 16 layers)
+under --workdir, then times each merge as a user runs it, a fresh process
+per run, with the peak RSS of that process. When a mergekit-yaml executable
+is given (or found on PATH), the same merge runs with mergekit on the same
+files, alternating with jaxmerge run by run so both see the same machine,
+and the ratio is printed. mergekit's TIES trims per tensor; compare it with
+`ties (trim=tensor)`, and `ties (trim=global)` for the original TIES.
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import time
+
+import ml_dtypes
+import numpy as np
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from jaxmerge import checkpoints  # noqa: E402
+
+HIDDEN, MLP, KV, VOCAB = 2048, 8192, 512, 32000
+
+
+def llama_params(layers: int) -> dict[str, tuple[int, ...]]:
+    shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN)}
+    for i in range(layers):
+        p = f"model.layers.{i}"
+        shapes |= {
+            f"{p}.self_attn.q_proj.weight": (HIDDEN, HIDDEN),
+            f"{p}.self_attn.k_proj.weight": (KV, HIDDEN),
+            f"{p}.self_attn.v_proj.weight": (KV, HIDDEN),
+            f"{p}.self_attn.o_proj.weight": (HIDDEN, HIDDEN),
+            f"{p}.mlp.gate_proj.weight": (MLP, HIDDEN),
+            f"{p}.mlp.up_proj.weight": (MLP, HIDDEN),
+            f"{p}.mlp.down_proj.weight": (HIDDEN, MLP),
+            f"{p}.input_layernorm.weight": (HIDDEN,),
+            f"{p}.post_attention_layernorm.weight": (HIDDEN,),
+        }
+    shapes["model.norm.weight"] = (HIDDEN,)
+    shapes["lm_head.weight"] = (VOCAB, HIDDEN)
+    return shapes
+
+
+def llama_config(layers: int) -> dict:
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "hidden_size": HIDDEN,
+        "intermediate_size": MLP,
+        "num_hidden_layers": layers,
+        "num_attention_heads": 32,
+        "num_key_value_heads": KV // 64,
+        "vocab_size": VOCAB,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-5,
+        "torch_dtype": "bfloat16",
+        "tie_word_embeddings": False,
+    }
+
+
+def build(workdir: pathlib.Path, layers: int, count: int) -> tuple[pathlib.Path, list]:
+    """base/, expert_i/ as safetensors dirs: θᵢ = θ₀ + N(0, 0.002²) in bf16 (kept for reuse)."""
+    shapes = llama_params(layers)
+    params = {n: checkpoints.ParamInfo(s, np.dtype(ml_dtypes.bfloat16)) for n, s in shapes.items()}
+    paths = [workdir / "base"] + [workdir / f"expert_{i}" for i in range(count)]
+    for index, path in enumerate(paths):
+        if (path / "model.safetensors.index.json").exists() or (
+            path / "model.safetensors"
+        ).exists():
+            continue
+        rng = np.random.default_rng(index)
+        base_rng = np.random.default_rng(0)
+        reference = workdir / "reference"
+        reference.mkdir(parents=True, exist_ok=True)
+        (reference / "config.json").write_text(json.dumps(llama_config(layers)))
+        writer = checkpoints.create(
+            path, "safetensors", params, reference=reference, max_shard_bytes=2 * 10**9
+        )
+        for name, shape in shapes.items():
+            theta0 = base_rng.standard_normal(shape, dtype=np.float32) * 0.02
+            if index:
+                theta0 += rng.standard_normal(shape, dtype=np.float32) * 0.002
+            writer.write(name, theta0.astype(ml_dtypes.bfloat16))
+        writer.finalize()
+        print(f"  wrote {path}", flush=True)
+    return paths[0], paths[1:]
+
+
+def peak_rss_command(command: list[str]) -> list[str]:
+    """Runs `command` under a tiny Python wrapper that prints the child's own peak RSS."""
+    wrapper = (
+        "import resource, subprocess, sys;"
+        "r = subprocess.run(sys.argv[1:]);"
+        "print('PEAK', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024,"
+        " file=sys.stderr); sys.exit(r.returncode)"
+    )
+    return [sys.executable, "-c", wrapper, *command]
+
+
+def run_once(command: list[str], out: pathlib.Path) -> tuple[float, int]:
+    shutil.rmtree(out, ignore_errors=True)
+    start = time.perf_counter()
+    result = subprocess.run(peak_rss_command(command), capture_output=True, text=True)
+    seconds = time.perf_counter() - start
+    if result.returncode:
+        raise SystemExit(f"{' '.join(map(str, command))} failed:\n{result.stderr[-3000:]}")
+    peak = int(result.stderr.strip().splitlines()[-1].split()[1])
+    shutil.rmtree(out, ignore_errors=True)
+    return seconds, peak
+
+
+def jaxmerge_command(method, trim, base, experts, out, budget) -> list[str]:
+    command = [str(REPO / ".venv/bin/jaxmerge"), "merge", "--method", method, "--quiet"]
+    command += ["--base", str(base), "--experts", *map(str, experts), "--output", str(out)]
+    if trim:
+        command += ["--trim", trim]
+    if budget:
+        command += ["--memory_budget", budget]
+    return command
+
+
+def mergekit_command(mergekit, method, base, experts, out, workdir) -> list[str] | None:
+    kit_method = {"task_arithmetic": "task_arithmetic", "ties": "ties", "dare_ties": "dare_ties"}
+    if method not in kit_method:
+        return None
+    models = [{"model": str(base)}] + [
+        {
+            "model": str(e),
+            "parameters": {"weight": 1.0, "density": 0.2 if method == "ties" else 0.1},
+        }
+        for e in experts
+    ]
+    config = {
+        "merge_method": kit_method[method],
+        "base_model": str(base),
+        "models": models,
+        "parameters": {"normalize": False, "int8_mask": False},
+        "dtype": "bfloat16",
+    }
+    path = workdir / f"mergekit_{method}.yml"
+    path.write_text(json.dumps(config))  # YAML is a superset of JSON
+    return [mergekit, str(path), str(out), "--no-copy-tokenizer", "--quiet"]
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default=str(REPO / "bench_output" / "merge"))
+    parser.add_argument("--layers", type=int, default=16)
+    parser.add_argument("--experts", type=int, default=2)
+    parser.add_argument("--memory_budget", default=None, help="passed to jaxmerge, e.g. 4GB")
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument(
+        "--methods",
+        nargs="*",
+        default=["task_arithmetic", "ties:global", "ties:tensor", "dare_ties"],
+    )
+    parser.add_argument("--mergekit", default=shutil.which("mergekit-yaml"))
+    args = parser.parse_args(argv)
+
+    workdir = pathlib.Path(args.workdir)
+    base, experts = build(workdir, args.layers, args.experts)
+    count = sum(int(np.prod(s)) for s in llama_params(args.layers).values())
+    print(
+        f"{count / 1e9:.2f}B parameters, bf16, base + {args.experts} experts "
+        f"({(args.experts + 1) * count * 2 / 1e9:.1f} GB of inputs); {os.cpu_count()} CPUs; "
+        f"mergekit: {args.mergekit or 'not installed'}"
+    )
+    header = ["jaxmerge s", "RSS GB", "mergekit s", "RSS GB", "speed-up"]
+    print(f"{'method':22s} " + " ".join(f"{h:>10s}" for h in header))
+    out = workdir / "out"
+    for entry in args.methods:
+        method, _, trim = entry.partition(":")
+        ours, theirs = [], []
+        kit = None
+        if args.mergekit:
+            kit = mergekit_command(args.mergekit, method, base, experts, out, workdir)
+            if method == "ties" and trim == "global":
+                kit = None  # mergekit has no global trim
+        for _ in range(args.repeats):
+            ours.append(
+                run_once(
+                    jaxmerge_command(method, trim, base, experts, out, args.memory_budget), out
+                )
+            )
+            if kit:
+                theirs.append(run_once(kit, out))
+        label = method + (f" ({trim})" if trim else "")
+        our_s, our_rss = min(ours)[0], max(r for _, r in ours)
+        line = f"{label:22s} {our_s:10.1f} {our_rss / 1e9:10.2f}"
+        if theirs:
+            kit_s, kit_rss = min(theirs)[0], max(r for _, r in theirs)
+            line += f" {kit_s:10.1f} {kit_rss / 1e9:10.2f} {kit_s / our_s:9.1f}×"
+        print(line, flush=True)
+
+
+if __name__ == "__main__":
+    main()

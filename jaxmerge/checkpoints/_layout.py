@@ -1,0 +1,357 @@
+"""Pieces every format shares: ParamInfo, sharded assembly, and the staging directory.
+
+Readers place data with `assemble`: each addressable device's index is read once (replicas
+share the read), straight from the file into a host buffer the size of that shard, then
+`jax.device_put` on that device. Nothing ever holds the whole tensor unless the caller asked
+for it (sharding=None).
+
+Writers write into `Staging`: a temporary sibling `OUT.jaxmerge-tmp/` with a journal; a
+parameter is durable (data fsync'd, journal line fsync'd) when `write` returns, so a killed run
+resumes; `commit` renames the sibling into place, so nothing half-written looks finished.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import re
+import shutil
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+
+import jax
+import ml_dtypes
+import numpy as np
+import tensorstore as ts
+
+from jaxmerge.errors import CheckpointError
+
+Index = tuple[slice, ...]
+
+TMP_SUFFIX = ".jaxmerge-tmp"
+OLD_SUFFIX = ".jaxmerge-old"
+JOURNAL = ".jaxmerge-journal.jsonl"
+
+
+@dataclasses.dataclass(frozen=True)
+class ParamInfo:
+    """Shape and numpy dtype of one parameter (bf16 is `ml_dtypes.bfloat16`)."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    def __post_init__(self):
+        object.__setattr__(self, "shape", tuple(int(d) for d in self.shape))
+        object.__setattr__(self, "dtype", np.dtype(self.dtype))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+# Dtypes a checkpoint may hold; anything else is refused with a CheckpointError.
+SUPPORTED_DTYPES = {
+    np.dtype(d)
+    for d in (
+        np.float64,
+        np.float32,
+        np.float16,
+        ml_dtypes.bfloat16,
+        np.int64,
+        np.int32,
+        np.int16,
+        np.int8,
+        np.uint8,
+        np.bool_,
+    )
+}
+
+
+def parse_dtype(name: str, where: str) -> np.dtype:
+    """numpy dtype for a name such as 'float32', '<f4' or 'bfloat16'; else CheckpointError."""
+    try:
+        dtype = np.dtype(getattr(ml_dtypes, name, name))
+    except TypeError:
+        raise CheckpointError(f"{where}: unsupported dtype {name!r}") from None
+    if dtype not in SUPPORTED_DTYPES:
+        raise CheckpointError(f"{where}: unsupported dtype {name!r}")
+    return dtype
+
+
+def normalize_index(index: Index, shape: Sequence[int]) -> Index:
+    """`index` with every slice explicit, (slice(0, n, 1), ...), so equal shards compare equal."""
+    index = tuple(index) + (slice(None),) * (len(shape) - len(index))
+    return tuple(slice(*s.indices(n)) for s, n in zip(index, shape, strict=True))
+
+
+def assemble(
+    name: str,
+    info: ParamInfo,
+    sharding: jax.sharding.Sharding | None,
+    read_slices: Callable[[list[Index]], Iterable[np.ndarray]],
+) -> jax.Array:
+    """A jax.Array with `sharding`, each distinct shard read once by `read_slices`.
+
+    read_slices(indices) yields one host array per index (normalized, shard-sized), in order;
+    each goes to its device(s) as soon as it arrives and its host buffer is dropped, so the
+    host never holds more than the reader's window of shards, not the whole tensor.
+    """
+    shape = info.shape
+    if sharding is None:
+        (whole,) = read_slices([normalize_index((), shape)])
+        return jax.device_put(whole)  # the default device
+    device_indices = {
+        device: normalize_index(index, shape)
+        for device, index in sharding.addressable_devices_indices_map(shape).items()
+    }
+    # slices are unhashable before Python 3.12: key the distinct shards by (start, stop)
+    devices_of: dict[tuple, list[jax.Device]] = {}
+    for device, index in device_indices.items():
+        devices_of.setdefault(_key(index), []).append(device)
+    distinct = {_key(index): index for index in device_indices.values()}
+    placed: dict[jax.Device, jax.Array] = {}
+    for key, host in zip(distinct, read_slices(list(distinct.values())), strict=True):
+        expected = tuple(stop - start for start, stop in key)
+        if host.shape != expected:
+            raise CheckpointError(f"parameter {name}: read shape {host.shape}, expected {expected}")
+        for device in devices_of[key]:
+            placed[device] = jax.device_put(host, device)
+        del host
+    arrays = [placed[device] for device in device_indices]
+    return jax.make_array_from_single_device_arrays(shape, sharding, arrays)
+
+
+def _key(index: Index) -> tuple[tuple[int, int], ...]:
+    return tuple((s.start, s.stop) for s in index)
+
+
+def host_shards(array) -> list[tuple[Index, np.ndarray]]:
+    """(index, host data) for each distinct shard of `array` this process holds (replica 0).
+
+    A numpy array is one shard covering everything; a jax.Array is copied to host one shard at
+    a time, never gathered whole.
+    """
+    if isinstance(array, jax.Array):
+        out = []
+        for shard in array.addressable_shards:
+            if shard.replica_id == 0:
+                out.append((normalize_index(shard.index, array.shape), np.asarray(shard.data)))
+        return out
+    array = np.asarray(array)
+    return [(normalize_index((), array.shape), array)]
+
+
+def check_array(where: str, name: str, info: ParamInfo, array) -> None:
+    """CheckpointError unless `array` has the shape and dtype promised for `name` in create()."""
+    if tuple(array.shape) != info.shape or np.dtype(array.dtype) != info.dtype:
+        raise CheckpointError(
+            f"{where}: parameter {name}: got {np.dtype(array.dtype).name}{list(array.shape)}, "
+            f"create() declared {info.dtype.name}{list(info.shape)}"
+        )
+
+
+def chunk_shape(shape: Sequence[int], itemsize: int, target_bytes: int = 64 << 20) -> list[int]:
+    """A chunk shape dividing `shape`, at most `target_bytes`, largest dimensions split first."""
+    chunks = list(shape)
+    target = max(1, target_bytes // itemsize)
+    while int(np.prod(chunks, dtype=np.int64)) > target:
+        i = int(np.argmax(chunks))
+        if chunks[i] <= 1:
+            break
+        n = shape[i]
+        # the next smaller divisor of the full dimension
+        chunks[i] = max(d for d in range(1, chunks[i]) if n % d == 0)
+    return chunks
+
+
+def fsync_dir(path: pathlib.Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_file(path: pathlib.Path, data: bytes) -> None:
+    """Writes and fsyncs one small file."""
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+class Staging:
+    """The temporary sibling `OUT.jaxmerge-tmp/` a writer fills, its journal, and the commit.
+
+    The journal's first line records what the run writes (format, parameters, step, options);
+    each later line names one parameter that is durably written. `resume=True` keeps a partial
+    run whose first line matches; anything else starts from an empty directory.
+    """
+
+    def __init__(self, out: pathlib.Path, header: dict, *, resume: bool, overwrite: bool):
+        self.out = pathlib.Path(out).absolute()
+        self.tmp = self.out.with_name(self.out.name + TMP_SUFFIX)
+        if self.out.exists() and not overwrite:
+            if not self.out.is_dir() or any(self.out.iterdir()):
+                raise CheckpointError(
+                    f"{self.out}: output exists and is not empty (overwrite=True replaces it)"
+                )
+        self.header = json.loads(json.dumps(header))  # what the journal will hold
+        self.done: set[str] = set()
+        journal = self.tmp / JOURNAL
+        if resume and journal.exists():
+            lines = journal.read_text().splitlines()
+            try:
+                entries = [json.loads(line) for line in lines]
+            except json.JSONDecodeError:
+                entries = [json.loads(line) for line in lines[:-1]]  # torn last line
+            if entries and entries[0] == self.header:
+                self.done = {e["done"] for e in entries[1:] if "done" in e}
+        if not self.done and self.tmp.exists():
+            shutil.rmtree(self.tmp)
+        if not self.tmp.exists():
+            self.tmp.mkdir(parents=True)
+            self._append(self.header)
+        self._journal = open(journal, "a")  # noqa: SIM115 - closed in commit/abort
+
+    def _append(self, entry: dict) -> None:
+        with open(self.tmp / JOURNAL, "a") as f:
+            f.write(json.dumps(entry) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def mark_done(self, name: str) -> None:
+        self._journal.write(json.dumps({"done": name}) + "\n")
+        self._journal.flush()
+        os.fsync(self._journal.fileno())
+        self.done.add(name)
+
+    def commit(self) -> pathlib.Path:
+        """Removes the journal, fsyncs, renames the sibling onto OUT (replacing an old OUT)."""
+        self._journal.close()
+        (self.tmp / JOURNAL).unlink()
+        fsync_dir(self.tmp)
+        old = self.out.with_name(self.out.name + OLD_SUFFIX)
+        if self.out.exists():
+            if old.exists():
+                shutil.rmtree(old)
+            self.out.rename(old)
+        self.tmp.rename(self.out)
+        fsync_dir(self.out.parent)
+        if old.exists():
+            shutil.rmtree(old)
+        return self.out
+
+    def abort(self) -> None:
+        if not self._journal.closed:
+            self._journal.close()
+        if self.tmp.exists():
+            shutil.rmtree(self.tmp)
+
+
+def params_header(params: dict[str, ParamInfo]) -> dict:
+    return {n: [list(p.shape), p.dtype.name] for n, p in params.items()}
+
+
+# Decoded chunks TensorStore may keep per reader, so the shards of one tensor that share a
+# chunk decode it once rather than once per shard. Bounded, whatever the model size.
+READ_CACHE_BYTES = 256 << 20
+# Shard reads a reader keeps in flight at once (at least one shard, whatever its size).
+READ_WINDOW_BYTES = 256 << 20
+
+
+def read_context(cache_bytes: int = 0, **extra) -> ts.Context:
+    return ts.Context(
+        {
+            "cache_pool": {"total_bytes_limit": cache_bytes},
+            "file_io_concurrency": {"limit": 128},
+            **extra,
+        }
+    )
+
+
+class TsArrays:
+    """The TensorStore arrays of one reader.
+
+    Each array is opened without a chunk cache, so reading it whole copies each chunk once.
+    Reading several shards of it goes through a second handle, opened on first need, whose
+    bounded cache lets shards that share a chunk decode that chunk once.
+    """
+
+    def __init__(self, **extra_context):
+        self._plain = read_context(0, **extra_context)
+        self._caching = read_context(READ_CACHE_BYTES, **extra_context)
+        self._specs: dict[str, dict] = {}
+        self._stores: dict[str, ts.TensorStore] = {}
+        self._cached: dict[str, ts.TensorStore] = {}
+
+    def open(self, name: str, spec: dict):
+        """Starts opening `spec` for `name`; pass the future's result to `add`."""
+        self._specs[name] = spec
+        return ts.open(spec, open=True, read=True, context=self._plain)
+
+    def add(self, name: str, store: ts.TensorStore) -> None:
+        self._stores[name] = store
+
+    def read(self, name: str, indices: list[Index], where: str) -> Iterator[np.ndarray]:
+        """Yields the shards in order, keeping reads in flight up to READ_WINDOW_BYTES."""
+        store = self._stores[name]
+        if len(indices) > 1:
+            if name not in self._cached:
+                spec = self._specs[name]
+                future = ts.open(spec, open=True, read=True, context=self._caching)
+                self._cached[name] = ts_result(future, where)
+            store = self._cached[name]
+        itemsize = store.dtype.numpy_dtype.itemsize
+        pending: deque = deque()
+        in_flight = 0
+        for index in indices:
+            nbytes = itemsize * int(np.prod([s.stop - s.start for s in index], dtype=np.int64))
+            while pending and in_flight + nbytes > READ_WINDOW_BYTES:
+                future, done_bytes = pending.popleft()
+                in_flight -= done_bytes
+                yield ts_result(future, where)
+            pending.append((store[index].read(), nbytes))
+            in_flight += nbytes
+        while pending:
+            yield ts_result(pending.popleft()[0], where)
+
+    def clear(self) -> None:
+        self._stores.clear()
+        self._cached.clear()
+
+
+def first_line(e: Exception) -> str:
+    """The gist of a library error: its first line, without TensorStore's spec dump."""
+    text = str(e).strip()
+    text = text.splitlines()[0] if text else type(e).__name__
+    return text.split(" [tensorstore_spec=")[0].split(" [source locations=")[0]
+
+
+def ts_result(future, where: str):
+    try:
+        return future.result()
+    except (ValueError, RuntimeError) as e:
+        raise CheckpointError(f"{where}: {first_line(e)}") from None
+
+
+_NAME = re.compile(r"[A-Za-z0-9_.\-]+(/[A-Za-z0-9_.\-]+)*")
+
+
+def check_tree_names(out: pathlib.Path, params: dict[str, ParamInfo]) -> None:
+    """T5X and Orbax store `a/b/c` under the file/key `a.b.c`: names must map one to one."""
+    seen: dict[str, str] = {}
+    for name in params:
+        if not _NAME.fullmatch(name):
+            raise CheckpointError(
+                f"{out}: parameter {name!r} is not a tree path (letters, digits, '_', '-', '.', "
+                "'/' between non-empty keys)"
+            )
+        dotted = name.replace("/", ".")
+        if dotted in seen:
+            raise CheckpointError(
+                f"{out}: parameters {seen[dotted]!r} and {name!r} would share the file {dotted}"
+            )
+        seen[dotted] = name

@@ -1,0 +1,346 @@
+"""Hugging Face safetensors: `model.safetensors`, or shards + `model.safetensors.index.json`.
+
+File layout (https://huggingface.co/docs/safetensors): 8 bytes little-endian u64 N, then N
+bytes of JSON header `{name: {"dtype": "F32", "shape": [...], "data_offsets": [begin, end]},
+"__metadata__": {...}}`, then the data; offsets count from the first byte after the header.
+The index maps each tensor to its shard: `{"metadata": {"total_size": bytes},
+"weight_map": {name: file}}`.
+
+The reader parses headers itself (validating every offset against the file size) and reads a
+shard of a tensor through a memory map, so only that shard's bytes are copied to the host.
+The writer lays out every file's header from the declared parameters up front, preallocates
+the files, and streams each tensor to its offset.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import struct
+from collections.abc import Iterator
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from jaxmerge.checkpoints import _layout
+from jaxmerge.checkpoints._layout import Index, ParamInfo
+from jaxmerge.errors import CheckpointError
+
+SINGLE = "model.safetensors"
+INDEX = "model.safetensors.index.json"
+MAX_HEADER_BYTES = 100 << 20  # the safetensors library refuses larger headers too
+
+_DTYPES = {
+    "F64": np.dtype(np.float64),
+    "F32": np.dtype(np.float32),
+    "F16": np.dtype(np.float16),
+    "BF16": np.dtype(ml_dtypes.bfloat16),
+    "I64": np.dtype(np.int64),
+    "I32": np.dtype(np.int32),
+    "I16": np.dtype(np.int16),
+    "I8": np.dtype(np.int8),
+    "U8": np.dtype(np.uint8),
+    "BOOL": np.dtype(np.bool_),
+}
+_NAMES = {v: k for k, v in _DTYPES.items()}
+
+# Files copied from the reference directory next to the weights (what from_pretrained reads).
+REFERENCE_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "chat_template.jinja",
+    "preprocessor_config.json",
+)
+
+
+def is_safetensors_dir(path: pathlib.Path) -> bool:
+    return (path / SINGLE).is_file() or (path / INDEX).is_file()
+
+
+def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
+    """(tensors, data start, file size) of one .safetensors file; CheckpointError if malformed."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{file}: truncated: {size} bytes, no safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > MAX_HEADER_BYTES or 8 + n > size:
+                raise CheckpointError(
+                    f"{file}: header length {n} runs past the end of the file ({size} bytes)"
+                )
+            header = json.loads(f.read(n))
+    except FileNotFoundError:
+        raise CheckpointError(f"{file}: missing safetensors file") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{file}: header is not valid JSON ({e.msg})") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{file}: header is not a JSON object")
+    header.pop("__metadata__", None)
+    start = 8 + n
+    data_bytes = size - start
+    tensors = {}
+    for name, entry in header.items():
+        try:
+            dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
+        except (KeyError, TypeError, ValueError):
+            raise CheckpointError(f"{file}: tensor {name}: malformed header entry") from None
+        if dtype_name not in _DTYPES:
+            raise CheckpointError(f"{file}: tensor {name}: unsupported dtype {dtype_name!r}")
+        info = ParamInfo(tuple(shape), _DTYPES[dtype_name])
+        if not 0 <= begin <= end or end > data_bytes:
+            raise CheckpointError(
+                f"{file}: tensor {name}: data_offsets [{begin}, {end}] run past the end of the "
+                f"data ({data_bytes} bytes)"
+            )
+        if end - begin != info.nbytes:
+            raise CheckpointError(
+                f"{file}: tensor {name}: data_offsets span {end - begin} bytes, but "
+                f"{dtype_name}{list(info.shape)} needs {info.nbytes}"
+            )
+        tensors[name] = (info, start + begin)
+    return tensors, start, size
+
+
+class Reader:
+    """Reads a Hugging Face safetensors model lazily, one tensor (or one shard) at a time."""
+
+    format = "safetensors"
+
+    def __init__(self, path):
+        self.path = pathlib.Path(path)
+        self.step = None
+        index = self.path / INDEX
+        if index.is_file():
+            try:
+                weight_map = json.loads(index.read_text())["weight_map"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
+            files = list(dict.fromkeys(weight_map.values()))
+        elif (self.path / SINGLE).is_file():
+            weight_map, files = None, [SINGLE]
+        else:
+            raise CheckpointError(f"{self.path}: neither {SINGLE} nor {INDEX} found")
+        self._where: dict[str, tuple[pathlib.Path, int]] = {}
+        self.params: dict[str, ParamInfo] = {}
+        for file_name in files:
+            file = self.path / file_name
+            if not file.is_file():
+                raise CheckpointError(f"{index}: names shard {file_name}, which is missing")
+            tensors, _, _ = _read_header(file)
+            for name, (info, offset) in tensors.items():
+                if weight_map is not None and weight_map.get(name) != file_name:
+                    continue
+                self.params[name] = info
+                self._where[name] = (file, offset)
+        if weight_map is not None:
+            for name, file_name in weight_map.items():
+                if name not in self.params:
+                    raise CheckpointError(f"{self.path / file_name}: tensor {name} is missing")
+        self._maps: dict[pathlib.Path, np.memmap] = {}
+
+    def _view(self, name: str) -> np.ndarray:
+        file, offset = self._where[name]
+        if file not in self._maps:
+            self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
+        info = self.params[name]
+        raw = self._maps[file][offset : offset + info.nbytes]
+        return raw.view(info.dtype).reshape(info.shape)
+
+    def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
+        info = self.params[name]
+        for index in indices:
+            if all(s.start == 0 and s.stop == n for s, n in zip(index, info.shape, strict=True)):
+                yield self.read_numpy(name)
+            else:
+                yield np.array(self._view(name)[index])  # copies only this shard's bytes
+
+    def _check(self, name: str) -> None:
+        if name not in self.params:
+            raise CheckpointError(f"{self.path}: no tensor named {name!r}")
+
+    def read_numpy(self, name: str) -> np.ndarray:
+        self._check(name)
+        info = self.params[name]
+        file, offset = self._where[name]
+        out = np.empty(info.shape, info.dtype)
+        buf = memoryview(out.reshape(-1).view(np.uint8))
+        with open(file, "rb", buffering=0) as f:
+            f.seek(offset)
+            got = 0
+            while got < info.nbytes:
+                n = f.readinto(buf[got:])
+                if not n:
+                    raise CheckpointError(f"{file}: tensor {name}: file ends early")
+                got += n
+        return out
+
+    def read(self, name: str, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+        self._check(name)
+        return _layout.assemble(
+            name, self.params[name], sharding, lambda idx: self._read_slices(name, idx)
+        )
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _plan_files(params: dict[str, ParamInfo], max_shard_bytes: int) -> list[list[str]]:
+    """Parameters grouped, in order, into files of at most max_shard_bytes (or one tensor)."""
+    groups: list[list[str]] = [[]]
+    size = 0
+    for name, info in params.items():
+        if groups[-1] and size + info.nbytes > max_shard_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(name)
+        size += info.nbytes
+    return groups
+
+
+def _header_bytes(names: list[str], params: dict[str, ParamInfo]) -> tuple[bytes, dict[str, int]]:
+    """The 8-byte length + JSON header (padded to 8 bytes), and each tensor's data offset."""
+    header: dict = {"__metadata__": {"format": "pt"}}
+    offsets, at = {}, 0
+    for name in names:
+        info = params[name]
+        header[name] = {
+            "dtype": _NAMES[info.dtype],
+            "shape": list(info.shape),
+            "data_offsets": [at, at + info.nbytes],
+        }
+        offsets[name] = at
+        at += info.nbytes
+    text = json.dumps(header, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text, offsets
+
+
+class Writer:
+    """Streams tensors into preallocated safetensors files under OUT.jaxmerge-tmp/."""
+
+    format = "safetensors"
+
+    def __init__(
+        self,
+        path,
+        params: dict[str, ParamInfo],
+        *,
+        step: int = 0,
+        reference=None,
+        max_shard_bytes: int = 5 * 10**9,
+        resume: bool = False,
+        overwrite: bool = False,
+    ):
+        for name, info in params.items():
+            if info.dtype not in _NAMES:
+                raise CheckpointError(f"{path}: parameter {name}: safetensors has no {info.dtype}")
+        self.path = pathlib.Path(path).absolute()
+        self.params = dict(params)
+        self.reference = None if reference is None else pathlib.Path(reference)
+        groups = _plan_files(self.params, max_shard_bytes)
+        if len(groups) == 1:
+            file_names = [SINGLE]
+        else:
+            file_names = [
+                f"model-{i:05d}-of-{len(groups):05d}.safetensors" for i in range(1, 1 + len(groups))
+            ]
+        header = {
+            "format": self.format,
+            "params": _layout.params_header(self.params),
+            "files": file_names,
+        }
+        self._staging = _layout.Staging(self.path, header, resume=resume, overwrite=overwrite)
+        self.done = self._staging.done
+        self._target: dict[str, tuple[pathlib.Path, int]] = {}
+        self._files = []
+        for file_name, names in zip(file_names, groups, strict=True):
+            file = self._staging.tmp / file_name
+            head, offsets = _header_bytes(names, self.params)
+            total = len(head) + sum(self.params[n].nbytes for n in names)
+            if not file.exists():
+                with open(file, "wb") as f:
+                    f.write(head)
+                    f.truncate(total)
+                    os.fsync(f.fileno())
+            self._files.append(file)
+            for name in names:
+                self._target[name] = (file, len(head) + offsets[name])
+        self._weight_map = {
+            n: f for f, names in zip(file_names, groups, strict=True) for n in names
+        }
+
+    def write(self, name: str, array) -> None:
+        if name not in self.params:
+            raise CheckpointError(f"{self.path}: parameter {name} was not declared in create()")
+        info = self.params[name]
+        _layout.check_array(str(self.path), name, info, array)
+        file, offset = self._target[name]
+        row_bytes = info.nbytes // info.shape[0] if info.shape and info.shape[0] else info.nbytes
+        fd = os.open(file, os.O_WRONLY)
+        try:
+            for index, data in _layout.host_shards(array):
+                if all(
+                    s.start == 0 and s.stop == n
+                    for s, n in zip(index[1:], info.shape[1:], strict=True)
+                ):  # rows [a, b): one contiguous run of bytes
+                    at = offset + (index[0].start * row_bytes if index else 0)
+                    _pwrite_all(fd, np.ascontiguousarray(data), at)
+                else:  # sharded inside a row: fall back to writing the whole tensor once
+                    _pwrite_all(fd, np.ascontiguousarray(np.asarray(array)), offset)
+                    break
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        self._staging.mark_done(name)
+
+    def finalize(self, extra_files: dict[str, bytes] | None = None) -> pathlib.Path:
+        missing = [n for n in self.params if n not in self.done]
+        if missing:
+            raise CheckpointError(
+                f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
+            )
+        tmp = self._staging.tmp
+        if len(self._files) > 1:
+            index = {
+                "metadata": {"total_size": sum(p.nbytes for p in self.params.values())},
+                "weight_map": self._weight_map,
+            }
+            _layout.write_file(tmp / INDEX, json.dumps(index, indent=2).encode())
+        if self.reference is not None:
+            for file_name in REFERENCE_FILES:
+                if (self.reference / file_name).is_file():
+                    shutil.copyfile(self.reference / file_name, tmp / file_name)
+        for file_name, data in (extra_files or {}).items():
+            _layout.write_file(tmp / file_name, data)
+        return self._staging.commit()
+
+    def abort(self) -> None:
+        self._staging.abort()
+
+
+def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
+    view = memoryview(data.reshape(-1).view(np.uint8))
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n

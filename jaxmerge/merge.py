@@ -1,0 +1,478 @@
+"""The merge engine: plan first, then stream parameter by parameter.
+
+    paths ─► checkpoints.open ─► plan (names, shapes, dtypes agree; before any heavy work)
+          ─► [ties, trim=global] two streaming histogram passes → exact per-expert thresholds
+          ─► per parameter: base + K experts read straight into their NamedSharding
+             → jit(method)(experts, base, key, thresholds), inputs donated
+             → writer.write(name, merged)      (the next parameters are read meanwhile)
+          ─► writer.finalize(): manifest.json + config.gin, atomic rename
+
+Peak memory is bounded by the memory budget, not by model size × experts: at
+most one group of parameters is being merged while the next is read, each group
+holding at most a third of the budget. A killed merge re-run with the same
+arguments resumes from the parameters already written and yields the same
+bytes: randomness depends only on (seed, parameter name, expert index).
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+import pathlib
+import platform
+import resource
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+import jaxmerge
+from jaxmerge import checkpoints, sharding
+from jaxmerge.errors import InputError
+from jaxmerge.methods import get_method, parameter_key, select
+from jaxmerge.methods.tree import TRIMS
+
+HPARAMS = ("lam", "density", "drop_rate", "trim", "gamma", "epsilon", "t")
+DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
+DEFAULT_RULES = ((".*", PartitionSpec("data")),)  # first dimension over every device
+# Groups of parameters only amortise per-call overhead; past a few hundred MB they
+# buy no speed, only memory. The default budget is this, or half the free memory.
+DEFAULT_BUDGET = 2 * 2**30
+
+# Every input is donated so XLA may write the result over one of them (the base when
+# dtypes match); the others are freed with it. XLA warns about the ones it did not reuse.
+warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
+
+
+@dataclasses.dataclass(frozen=True)
+class MergeConfig:
+    """One merge, as `jaxmerge merge` flags or gin bindings (`merge.MergeConfig.<field>`).
+
+    Hyperparameters left None take the method's paper defaults; setting one the
+    method does not take is an error.
+    """
+
+    method: str
+    experts: Sequence[str]
+    output: str
+    base: str | None = None
+    weights: Sequence[float] | None = None
+    lam: float | None = None
+    density: float | None = None
+    drop_rate: float | None = None
+    trim: str | None = None
+    gamma: float | None = None
+    epsilon: float | None = None
+    t: float | None = None
+    seed: int = 0
+    input_format: str | None = None
+    output_format: str | None = None
+    dtype: str | None = None
+    memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET or half the free memory
+    overwrite: bool = False
+    max_shard_bytes: int = 5 * 10**9
+
+    def hparams(self) -> dict:
+        """The hyperparameters set, checked against what the method takes."""
+        spec = get_method(self.method)
+        chosen = {h: getattr(self, h) for h in HPARAMS if getattr(self, h) is not None}
+        unknown = sorted(set(chosen) - set(spec.hparams))
+        if unknown:
+            takes = ", ".join(f"--{h}" for h in spec.hparams) or "no hyperparameters"
+            raise InputError(
+                f"{', '.join('--' + u for u in unknown)} does not apply to {self.method}"
+                f" (it takes {takes})"
+            )
+        if "trim" in chosen and chosen["trim"] not in TRIMS:
+            raise InputError(f"--trim={chosen['trim']!r}: choose from {', '.join(TRIMS)}")
+        return chosen
+
+
+@dataclasses.dataclass
+class Plan:
+    """What will be merged: checked before any parameter is read."""
+
+    names: list[str]  # in the base's (or first expert's) order
+    params: dict[str, checkpoints.ParamInfo]  # of the output
+    step: int
+    output_format: str
+    reference: pathlib.Path  # where config.json / tokenizer files come from (safetensors)
+
+
+def available_memory() -> int:
+    """MemAvailable from /proc/meminfo, else physical memory."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def parse_bytes(text: str) -> int:
+    """'4GB' → 4·10⁹, '512MiB' → 512·2²⁰, '1000' → 1000."""
+    units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
+    units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+    text = text.strip().upper()
+    number = text.rstrip("KMGTIB")
+    try:
+        return int(float(number) * units[text[len(number) :]])
+    except (ValueError, KeyError):
+        raise InputError(
+            f"--memory_budget={text!r}: expected a size such as 4GB or 512MiB"
+        ) from None
+
+
+def make_plan(config: MergeConfig, base, experts: Sequence) -> Plan:
+    """Checks that every input has the same parameters, shapes and dtypes."""
+    spec = get_method(config.method)
+    models = ([("base", base)] if base is not None else []) + [
+        (f"expert {i}", e) for i, e in enumerate(experts)
+    ]
+    ref_label, ref = models[0]
+    for label, reader in models[1:]:
+        missing = [n for n in ref.params if n not in reader.params]
+        extra = [n for n in reader.params if n not in ref.params]
+        if missing or extra:
+            detail = f"lacks {missing[0]!r}" if missing else f"has extra parameter {extra[0]!r}"
+            more = len(missing) + len(extra) - 1
+            also = f" (and {more} more differences)" if more else ""
+            raise InputError(
+                f"{reader.path}: {label} {detail}{also} compared with {ref_label} {ref.path}"
+            )
+        for name, info in ref.params.items():
+            other = reader.params[name]
+            if tuple(other.shape) != tuple(info.shape):
+                raise InputError(
+                    f"{reader.path}: parameter {name!r} has shape {tuple(other.shape)} but "
+                    f"{tuple(info.shape)} in {ref_label} {ref.path}"
+                )
+            if np.dtype(other.dtype) != np.dtype(info.dtype):
+                raise InputError(
+                    f"{reader.path}: parameter {name!r} is {np.dtype(other.dtype).name} but "
+                    f"{np.dtype(info.dtype).name} in {ref_label} {ref.path} (dtype mix; convert "
+                    "the inputs to one dtype first)"
+                )
+    if spec.needs_base and base is None:
+        raise InputError(f"--base: {config.method} needs a base model (task vectors are θᵢ − θ₀)")
+    out_dtype = DTYPES[config.dtype] if config.dtype else None
+    params = {
+        n: checkpoints.ParamInfo(tuple(i.shape), np.dtype(out_dtype or i.dtype))
+        for n, i in ref.params.items()
+    }
+    output_format = config.output_format or ref.format
+    if output_format not in checkpoints.FORMATS:
+        raise InputError(
+            f"--output_format={output_format!r}: choose from {', '.join(checkpoints.FORMATS)}"
+        )
+    return Plan(list(ref.params), params, int(ref.step or 0), output_format, ref.path)
+
+
+def group_by_bytes(names: Sequence[str], sizes: dict[str, int], limit: int) -> list[list[str]]:
+    """Consecutive groups whose sizes add up to at most `limit` (a larger one stands alone)."""
+    groups, current, total = [], [], 0
+    for name in names:
+        if current and total + sizes[name] > limit:
+            groups.append(current)
+            current, total = [], 0
+        current.append(name)
+        total += sizes[name]
+    if current:
+        groups.append(current)
+    return groups
+
+
+class Merger:
+    """Holds the jitted kernels and shardings of one merge."""
+
+    def __init__(self, config: MergeConfig, plan: Plan, mesh, thresholds=None):
+        self.config, self.plan, self.mesh = config, plan, mesh
+        self.spec = get_method(config.method)
+        hparams = dict(config.hparams())
+        hparams.pop("trim", None)
+        self.hparams = hparams
+        self.thresholds = thresholds
+        self.weights = None if config.weights is None else jnp.asarray(config.weights, jnp.float32)
+        self._kernels: dict = {}
+
+    def sharding(self, name: str) -> NamedSharding:
+        info = self.plan.params[name]
+        spec = sharding.spec_from_rules(name, info.shape, DEFAULT_RULES, self.mesh)
+        return NamedSharding(self.mesh, spec)
+
+    def kernel(self, out_dtype) -> Callable:
+        """jit(merge_tensor → cast), donating the experts and the base."""
+        if out_dtype not in self._kernels:
+            spec, hparams = self.spec, self.hparams
+
+            def merge(experts, base, weights, key, thresholds):
+                kwargs = dict(hparams)
+                if spec.needs_base:
+                    kwargs["base"] = base
+                if weights is not None:
+                    kwargs["weights"] = weights
+                if spec.random:
+                    kwargs["key"] = key
+                if thresholds is not None:
+                    kwargs["thresholds"] = thresholds
+                return spec.merge_tensor(experts, **kwargs).astype(out_dtype)
+
+            self._kernels[out_dtype] = jax.jit(merge, donate_argnums=(0, 1))
+        return self._kernels[out_dtype]
+
+    def merge(self, name: str, experts: list, base):
+        key = parameter_key(self.config.seed, name) if self.spec.random else None
+        out_dtype = self.plan.params[name].dtype
+        return self.kernel(out_dtype)(experts, base, self.weights, key, self.thresholds)
+
+
+def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callable) -> jax.Array:
+    """Exact per-expert TIES thresholds over all parameters: two streaming histogram passes.
+
+    Pass 1 adds each expert's high-digit histograms of |τᵢ| parameter by
+    parameter (int64 on the host), which fixes each threshold's high 15 bits
+    and its rank inside that bucket; pass 2 histograms the low 16 bits inside
+    the bucket. Counts are integers, so the result is exact however XLA partitions
+    the histogram of a sharded array (tested on 8 devices against 1).
+    """
+    n = sum(int(np.prod(plan.params[name].shape)) for name in plan.names)
+    k = select.count_for_fraction(density, n)
+    if k == 0:
+        return jnp.full((num_experts,), jnp.inf, jnp.float32)
+    high_pass = jax.jit(
+        lambda es, b: jnp.stack([select.high_histogram(e.astype(jnp.float32) - b) for e in es])
+    )
+    low_pass = jax.jit(
+        lambda es, b, digits: jnp.stack(
+            [select.low_histogram(e.astype(jnp.float32) - b, digits[i]) for i, e in enumerate(es)]
+        )
+    )
+    high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
+    for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
+        high += np.asarray(high_pass(expert_arrays, base_array.astype(jnp.float32)))
+    resolved = [select.resolve_digit(h, k) for h in high]
+    digits = jnp.asarray([int(d) for d, _ in resolved], jnp.uint32)
+    low = np.zeros((num_experts, select.LOW_BINS), np.int64)
+    for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
+        low += np.asarray(low_pass(expert_arrays, base_array.astype(jnp.float32), digits))
+    thresholds = [
+        select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
+        for (d, rank), h in zip(resolved, low, strict=True)
+    ]
+    return jnp.asarray(np.asarray(thresholds, np.float32))
+
+
+def _metadata_digest(reader) -> str:
+    listing = [(n, list(i.shape), np.dtype(i.dtype).name) for n, i in reader.params.items()]
+    return hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def _size_on_disk(path: pathlib.Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def manifest(config, plan, readers, wall_seconds: float) -> dict:
+    """What was merged, how, with what, and what it cost."""
+    return {
+        "jaxmerge_version": jaxmerge.__version__,
+        "jax_version": jax.__version__,
+        "python": platform.python_version(),
+        "devices": f"{jax.device_count()} × {jax.devices()[0].device_kind}",
+        "method": config.method,
+        "hparams": config.hparams(),
+        "weights": None if config.weights is None else list(config.weights),
+        "seed": config.seed,
+        "output_format": plan.output_format,
+        "step": plan.step,
+        "num_parameters": int(sum(int(np.prod(i.shape)) for i in plan.params.values())),
+        "inputs": [
+            {
+                "role": role,
+                "path": str(reader.path),
+                "format": reader.format,
+                "step": reader.step,
+                "bytes": _size_on_disk(pathlib.Path(reader.path)),
+                "metadata_sha256": _metadata_digest(reader),
+            }
+            for role, reader in readers
+        ],
+        "wall_seconds": round(wall_seconds, 3),
+        "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+    }
+
+
+class _Progress:
+    """A rich progress bar over bytes, or nothing when quiet or not on a terminal."""
+
+    def __init__(self, quiet: bool):
+        self.bar = None
+        if not quiet and sys.stderr.isatty():
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self.bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                transient=True,
+            )
+            self.bar.start()
+
+    def task(self, description: str, total: int):
+        return None if self.bar is None else self.bar.add_task(description, total=total)
+
+    def advance(self, task, amount: int) -> None:
+        if self.bar is not None and task is not None:
+            self.bar.advance(task, amount)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+
+def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) -> pathlib.Path:
+    """Runs one merge end to end; returns the path of the finished checkpoint."""
+    start = time.perf_counter()
+    spec = get_method(config.method)
+    if not config.experts:
+        raise InputError("--experts: give at least one expert checkpoint")
+    if len(set(map(os.path.realpath, config.experts))) != len(config.experts):
+        raise InputError("--experts: the same checkpoint is listed twice")
+    count = len(config.experts)
+    if count < spec.min_experts or (spec.max_experts and count > spec.max_experts):
+        exactly = spec.max_experts == spec.min_experts
+        raise InputError(
+            f"--experts: {config.method} needs {'exactly' if exactly else 'at least'} "
+            f"{spec.min_experts} expert(s), got {count}"
+        )
+    if config.weights is not None and len(config.weights) != count:
+        raise InputError(f"--weights: {len(config.weights)} weights for {count} experts")
+    hparams = config.hparams()
+    output = pathlib.Path(config.output).resolve()
+    for path in [config.base, *config.experts]:
+        if path is not None:
+            resolved = pathlib.Path(path).resolve()
+            if output == resolved or output.is_relative_to(resolved):
+                raise InputError(f"--output {output}: lies inside the input {resolved}")
+
+    base = checkpoints.open(config.base, config.input_format) if spec.needs_base else None
+    if base is None and config.base is not None and not spec.needs_base:
+        log(f"note: {config.method} does not use a base; ignoring --base {config.base}")
+    experts = [checkpoints.open(p, config.input_format) for p in config.experts]
+    readers = ([("base", base)] if base is not None else []) + [
+        (f"expert {i}", r) for i, r in enumerate(experts)
+    ]
+    plan = make_plan(config, base, experts)
+    mesh = sharding.make_mesh()
+    budget = config.memory_budget or min(DEFAULT_BUDGET, available_memory() // 2)
+    writer = checkpoints.create(
+        output,
+        plan.output_format,
+        plan.params,
+        step=plan.step,
+        reference=plan.reference if plan.output_format == "safetensors" else None,
+        max_shard_bytes=config.max_shard_bytes,
+        resume=True,
+        overwrite=config.overwrite,
+    )
+    progress = _Progress(quiet)
+    try:
+        merger = Merger(config, plan, mesh)
+        input_bytes = {name: sum(r.params[name].nbytes for _, r in readers) for name in plan.names}
+
+        def read(names: Sequence[str], description: str) -> Iterator:
+            """Yields (name, expert arrays, base array); reads the next group meanwhile."""
+            groups = group_by_bytes(names, input_bytes, max(1, budget // 3))
+            task = progress.task(description, sum(input_bytes[n] for n in names))
+
+            def load(group):
+                out = []
+                for name in group:
+                    target = merger.sharding(name)
+                    arrays = [r.read(name, target) for r in experts]
+                    out.append((name, arrays, base.read(name, target) if base else None))
+                return out
+
+            with ThreadPoolExecutor(1) as pool:
+                pending = pool.submit(load, groups[0]) if groups else None
+                for i in range(len(groups)):
+                    loaded = pending.result()
+                    pending = pool.submit(load, groups[i + 1]) if i + 1 < len(groups) else None
+                    for item in loaded:
+                        yield item
+                        progress.advance(task, input_bytes[item[0]])
+                    del loaded
+
+        todo = [n for n in plan.names if n not in writer.done]
+        if writer.done:
+            log(f"resuming: {len(writer.done)} of {len(plan.names)} parameters already written")
+        if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
+            density = hparams.get("density", _default(spec, "density"))
+            merger.thresholds = global_thresholds(plan, len(experts), density, read)
+        for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
+            merged = merger.merge(name, expert_arrays, base_array)
+            del expert_arrays, base_array  # donated
+            writer.write(name, merged)
+        wall = time.perf_counter() - start
+        info = manifest(config, plan, readers, wall)
+        final = writer.finalize(
+            extra_files={
+                "manifest.json": json.dumps(info, indent=2).encode(),
+                "config.gin": _operative_config(config).encode(),
+            }
+        )
+    except BaseException:
+        progress.close()
+        raise
+    progress.close()
+    for _, reader in readers:
+        reader.close()
+    log(
+        f"merged {len(experts)} expert(s) with {config.method} "
+        f"({', '.join(f'{k}={v}' for k, v in hparams.items()) or 'defaults'}): "
+        f"{info['num_parameters']:,} parameters in {wall:.1f}s, "
+        f"peak RSS {info['peak_rss_bytes'] / 2**30:.2f} GiB → {final}"
+    )
+    return final
+
+
+def _default(spec, name: str):
+    import inspect
+
+    return inspect.signature(spec.merge_tensor).parameters[name].default
+
+
+def _operative_config(config: MergeConfig) -> str:
+    """The gin bindings that reproduce this merge (T5X writes its operative config too)."""
+    import gin
+
+    lines = ["from __gin__ import dynamic_registration", "", "from jaxmerge import merge", ""]
+    operative = gin.operative_config_str().strip()
+    if operative:
+        lines += ["# operative config of the gin files and bindings given", operative, ""]
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if isinstance(value, tuple | list):
+            value = list(value)
+        lines.append(f"merge.MergeConfig.{field.name} = {value!r}")
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["MergeConfig", "make_plan", "merge_checkpoints", "parse_bytes"]

@@ -1,0 +1,52 @@
+"""Merge methods: pure math over arrays, one explicit registry.
+
+Every method is a function of one tensor,
+
+    merge_tensor(experts, *, base=None, weights=None, [key=...], **hparams) -> float32 array
+
+with `experts` a sequence of K arrays (never stacked), `base` θ₀ as its own
+keyword, `weights` float[K], and hyperparameters as plain keywords whose
+defaults are the papers'. `merge_trees` lifts any of them to whole models
+(pytrees); the merge engine calls `merge_tensor` chunk by chunk. Neither I/O,
+nor sharding, nor gin lives here.
+"""
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from jaxmerge.methods.breadcrumbs import breadcrumbs
+from jaxmerge.methods.dare import dare_linear
+from jaxmerge.methods.della import della
+from jaxmerge.methods.linear import average, task_arithmetic
+from jaxmerge.methods.model_stock import model_stock
+from jaxmerge.methods.slerp import slerp
+from jaxmerge.methods.ties import dare_ties, ties
+
+
+class MergeMethod(NamedTuple):
+    """What the tree lift and the engine need to know to call a method."""
+
+    merge_tensor: Callable
+    hparams: tuple[str, ...]  # keyword hyperparameters besides weights (defaults: the signature)
+    needs_base: bool = True
+    random: bool = False  # takes `key`, derived from (seed, parameter name)
+    global_trim: bool = False  # accepts `thresholds` from a whole-model trim (hparam `trim`)
+    min_experts: int = 1
+    max_experts: int | None = None
+
+
+METHODS: dict[str, MergeMethod] = {
+    "average": MergeMethod(average, (), needs_base=False),
+    "task_arithmetic": MergeMethod(task_arithmetic, ("lam",)),
+    "ties": MergeMethod(ties, ("density", "lam", "trim"), global_trim=True),
+    "dare_linear": MergeMethod(dare_linear, ("drop_rate", "lam"), random=True),
+    "dare_ties": MergeMethod(dare_ties, ("drop_rate", "lam"), random=True),
+    "breadcrumbs": MergeMethod(breadcrumbs, ("density", "gamma", "lam")),
+    "della": MergeMethod(della, ("density", "epsilon", "lam"), random=True),
+    "model_stock": MergeMethod(model_stock, (), min_experts=2),
+    "slerp": MergeMethod(slerp, ("t",), needs_base=False, min_experts=2, max_experts=2),
+}
+
+from jaxmerge.methods.tree import get_method, merge_trees, parameter_key  # noqa: E402
+
+__all__ = ["METHODS", "MergeMethod", "get_method", "merge_trees", "parameter_key"]
