@@ -100,7 +100,7 @@ def test_train_is_a_cli_command():
 
 
 def _train_cli(*args, cache=None, timeout=240):
-    """`jaxmerge train ...` through the module entry point (same add_arguments/run), on one
+    """`jaxmerge train ...` as a user runs it, on one
     CPU device, sharing a persistent compilation cache between runs to save compile time."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if cache is not None:
@@ -108,7 +108,7 @@ def _train_cli(*args, cache=None, timeout=240):
             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
         )
     return subprocess.run(
-        [sys.executable, "-m", "jaxmerge.train", *args],
+        [sys.executable, "-m", "jaxmerge", "train", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
