@@ -57,6 +57,15 @@ def test_deterministic_and_splits_disjoint(name):
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
+def test_examples_fit_the_recipes_lengths_untruncated(name):
+    """Inputs < 256 and targets (or every choice) < 64 bytes, leaving room for EOS."""
+    for split in registry.SPLIT_SIZES:
+        for e in registry.examples(name, ALL[name], split):
+            assert len(e["inputs"].encode()) < 256
+            assert all(len(t.encode()) < 64 for t in e.get("choices", [e.get("targets")]))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_no_trivial_majority_answer(name):
     """The most common answer covers at most 60% of the test split (room above chance)."""
     exs = registry.examples(name, ALL[name], "test")
