@@ -10,7 +10,8 @@ data-parallel over a mesh of every device: parameters are replicated, the batch
 is split along the mesh's "data" axis, each process feeds its own shard of the
 data (`seqio.ShardInfo`), so the same code runs on one CPU and on a pod.
 
-Writes MODEL_DIR/checkpoint_<step>/ every `save_period` steps and at the end,
+Writes MODEL_DIR/checkpoint_<step>/ (T5X's format, through `jaxmerge.checkpoints`,
+plus the optax state for resuming) every `save_period` steps and at the end,
 `config.gin` (the gin config) and `operative_config.gin`, and TensorBoard
 summaries under MODEL_DIR/train/. Re-running the same command after a kill
 resumes from the last finished checkpoint. With `initial_checkpoint_path`
@@ -24,6 +25,7 @@ import dataclasses
 import functools
 import pathlib
 import re
+import shutil
 import sys
 import time
 
@@ -84,41 +86,66 @@ class DatasetConfig:
 # --- checkpoints ------------------------------------------------------------------
 
 
+OPTIMIZER_STATE_FILE = "jaxmerge_optimizer_state.msgpack"
+
+
 def save_checkpoint(model_dir, step: int, params, opt_state) -> pathlib.Path:
-    """Writes MODEL_DIR/checkpoint_<step>/, an Orbax PyTree checkpoint of the tree
-    {"target": params (nested T5X names), "state": {"step": int32,
-    "param_states": optimizer state}}. Orbax writes to a temporary sibling and
-    renames it when complete, so a kill never leaves a finished-looking directory.
-    Returns the checkpoint path."""
-    import orbax.checkpoint as ocp
+    """Writes MODEL_DIR/checkpoint_<step>/ in T5X's format and returns its path.
 
-    path = pathlib.Path(model_dir).absolute() / f"checkpoint_{step}"
-    tree = {"target": params, "state": {"step": np.int32(step), "param_states": opt_state}}
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(path, tree, force=True)
-        checkpointer.wait_until_finished()
-    return path
-
-
-def restore_checkpoint(path, abstract_state=None):
-    """Reads a checkpoint written by `save_checkpoint` -> (params, step, opt_state).
-
-    With `abstract_state` ({"target": ..., "state": ...} of ShapeDtypeStructs with
-    shardings) arrays are placed accordingly and the optimizer state is restored;
-    without it only params (nested dict) and step come back, opt_state is None.
+    The parameters (and the step) go through `jaxmerge.checkpoints`' T5X writer, so
+    T5X restores the directory with `RestoreCheckpointConfig(mode='specific')`; the
+    optax state, for resuming, is one extra file (OPTIMIZER_STATE_FILE, Flax msgpack)
+    that T5X ignores. Everything is staged in MODEL_DIR/.checkpoint_<step>.staging/
+    and renamed into place last, so a kill never leaves a finished-looking directory.
     """
-    import orbax.checkpoint as ocp
+    import flax.serialization
+
+    from jaxmerge import checkpoints
+
+    model_dir = pathlib.Path(model_dir).absolute()
+    flat = param_utils.flatten(params)
+    infos = {n: checkpoints.ParamInfo(a.shape, a.dtype) for n, a in flat.items()}
+    staging = model_dir / f".checkpoint_{step}.staging"
+    writer = checkpoints.create(staging, "t5x", infos, step=step, overwrite=True)
+    for name, array in flat.items():
+        writer.write(name, array)
+    written = writer.finalize({OPTIMIZER_STATE_FILE: flax.serialization.to_bytes(opt_state)})
+    (staging / OPTIMIZER_STATE_FILE).rename(written / OPTIMIZER_STATE_FILE)
+    final = model_dir / f"checkpoint_{step}"
+    if final.exists():
+        shutil.rmtree(final)
+    written.rename(final)
+    shutil.rmtree(staging)
+    return final
+
+
+def restore_checkpoint(path, sharding=None, abstract_opt_state=None):
+    """Reads a checkpoint -> (params (nested dict), step, opt_state or None).
+
+    `path` is anything `jaxmerge.checkpoints.open` reads (T5X, Orbax, or a Hugging
+    Face T5 directory, whose names are mapped by `models.hf_t5`). Arrays are placed
+    with `sharding` if given. The optimizer state comes back only when
+    `abstract_opt_state` is given and the checkpoint has OPTIMIZER_STATE_FILE.
+    """
+    import flax.serialization
+
+    from jaxmerge import checkpoints
+    from jaxmerge.models import hf_t5
 
     path = pathlib.Path(path).absolute()
-    if not path.is_dir():
-        raise CheckpointError(f"{path}: no such checkpoint directory")
-    with ocp.StandardCheckpointer() as checkpointer:
-        try:
-            tree = checkpointer.restore(path, abstract_state)
-        except (ValueError, FileNotFoundError, KeyError) as e:
-            raise CheckpointError(f"{path}: cannot restore: {e}") from e
-    opt_state = tree["state"]["param_states"] if abstract_state is not None else None
-    return tree["target"], int(tree["state"]["step"]), opt_state
+    with checkpoints.open(path) as reader:
+        if reader.format == "safetensors":
+            _, flat = hf_t5.load_hf_t5(path)
+            flat = {n: jax.device_put(a, sharding) for n, a in flat.items()}
+        else:
+            flat = {n: reader.read(n, sharding) for n in reader.params}
+        step = int(reader.step or 0)
+    opt_state = None
+    opt_file = pathlib.Path(reader.path) / OPTIMIZER_STATE_FILE
+    if abstract_opt_state is not None and opt_file.exists():
+        opt_state = flax.serialization.from_bytes(abstract_opt_state, opt_file.read_bytes())
+        opt_state = jax.device_put(opt_state, sharding)
+    return param_utils.unflatten(flat), step, opt_state
 
 
 def latest_checkpoint(model_dir) -> pathlib.Path | None:
@@ -237,24 +264,18 @@ def train(
 
     init = jax.jit(init_state, out_shardings=replicated)
     abstract_params, abstract_opt = jax.eval_shape(init_state)
-    on_mesh = lambda t: jax.tree.map(
-        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), t
-    )
-    abstract = {
-        "target": on_mesh(abstract_params),
-        "state": {
-            "step": jax.ShapeDtypeStruct((), np.int32, sharding=replicated),
-            "param_states": on_mesh(abstract_opt),
-        },
-    }
 
+    for stale in model_dir.glob(".checkpoint_*.staging*"):  # from a run killed mid-save
+        shutil.rmtree(stale, ignore_errors=True)
     if (last := latest_checkpoint(model_dir)) is not None:
-        params, step, opt_state = restore_checkpoint(last, abstract)
+        params, step, opt_state = restore_checkpoint(last, replicated, abstract_opt)
+        _check_params(params, abstract_params, last)
+        if opt_state is None:
+            raise CheckpointError(f"{last}: no {OPTIMIZER_STATE_FILE}; cannot resume from it")
         print(f"resuming from {last} (step {step})")
     elif initial_checkpoint_path:
-        params, step, _ = restore_checkpoint(initial_checkpoint_path)
+        params, step, _ = restore_checkpoint(initial_checkpoint_path, replicated)
         _check_params(params, abstract_params, initial_checkpoint_path)
-        params = jax.device_put(params, replicated)
         opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
         print(f"initialised from {initial_checkpoint_path} (step {step})")
     else:

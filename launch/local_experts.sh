@@ -8,8 +8,8 @@ OUT=${1:?usage: $0 OUT [MODEL]}
 MODEL=${2:-tiny}
 PT_STEPS=${PT_STEPS:-2000} IT_STEPS=${IT_STEPS:-1000} FT_STEPS=${FT_STEPS:-500}
 CATEGORIES="extractive_qa closed_book_qa sentiment topic structure_to_text summarization paraphrase multiple_choice_qa"
-cd "$(dirname "$0")/.."  # `python -m jaxmerge.train` is `jaxmerge train`
-train() { python -m jaxmerge.train --gin_file="gin_configs/models/t5_${MODEL}.gin" "$@"; }
+cd "$(dirname "$0")/.."
+train() { python -m jaxmerge train --gin_file="gin_configs/models/t5_${MODEL}.gin" "$@"; }
 
 train --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'$OUT/pretrained'" \
   --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS="$PT_STEPS"

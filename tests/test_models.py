@@ -202,3 +202,14 @@ def test_hf_safetensors_import(tmp_path, small_params):
     assert loaded.keys() == flat.keys()
     for k in flat:
         np.testing.assert_array_equal(loaded[k], flat[k], err_msg=k)
+
+
+def test_bfloat16_activations_keep_float32_params():
+    """T5X model gin files set dtype = 'bfloat16'; parameters stay float32."""
+    cfg = dataclasses.replace(SMALL, dtype="bfloat16")
+    p = params.unbox(t5.init_params(cfg, jax.random.key(0)))
+    assert {x.dtype for x in jax.tree.leaves(p)} == {jnp.dtype("float32")}
+    x = jax.random.randint(jax.random.key(1), (2, 8), 1, cfg.vocab_size)
+    y = jax.random.randint(jax.random.key(2), (2, 4), 1, cfg.vocab_size)
+    scores = decoding.score_batch(cfg, p, {"encoder_input_tokens": x, "decoder_target_tokens": y})
+    assert np.isfinite(scores).all()

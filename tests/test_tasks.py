@@ -57,6 +57,15 @@ def test_deterministic_and_splits_disjoint(name):
 
 
 @pytest.mark.parametrize("name", sorted(ALL))
+def test_examples_fit_the_recipes_lengths_untruncated(name):
+    """Inputs < 256 and targets (or every choice) < 64 bytes, leaving room for EOS."""
+    for split in registry.SPLIT_SIZES:
+        for e in registry.examples(name, ALL[name], split):
+            assert len(e["inputs"].encode()) < 256
+            assert all(len(t.encode()) < 64 for t in e.get("choices", [e.get("targets")]))
+
+
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_no_trivial_majority_answer(name):
     """The most common answer covers at most 60% of the test split (room above chance)."""
     exs = registry.examples(name, ALL[name], "test")
@@ -99,3 +108,13 @@ def test_rank_classification_metric():
     targets = [(0, False), (0, True), (1, True), (1, False)]
     assert metrics.rank_classification(targets, [-3.0, -1.0, -5.0, -2.0]) == {"accuracy": 50.0}
     assert metrics.exact_match(["a", "b"], ["a ", "c"]) == {"accuracy": 50.0}
+
+
+def test_pretraining_corpus_is_deterministic():
+    first = registry.pretraining_examples("validation")
+    registry.pretraining_examples.cache_clear()
+    again = registry.pretraining_examples("validation")
+    assert len(first[0]) == registry.SPLIT_SIZES["validation"]
+    for a, b in zip(first[0] + first[1], again[0] + again[1], strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert all(t[0] == 358 for t in first[1])  # targets start with the first sentinel

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
+from jaxmerge import checkpoints, train
 from jaxmerge import main as cli
-from jaxmerge import train
 from jaxmerge.errors import CheckpointError
 from jaxmerge.models import decoding, params, t5
 
@@ -68,11 +68,14 @@ def test_loss_is_token_mean_cross_entropy(batch):
     np.testing.assert_allclose(loss, np.sum(ce * w) / np.sum(w), rtol=1e-5)
 
 
-def test_checkpoint_roundtrip_through_model(tmp_path):
+def test_t5x_checkpoint_roundtrip_through_model(tmp_path):
     p = params.unbox(t5.init_params(TINY, jax.random.key(3)))
     tx = train.adafactor(train.constant(0.01))
     path = train.save_checkpoint(tmp_path, 7, p, tx.init(p))
     assert path.name == "checkpoint_7" and train.latest_checkpoint(tmp_path) == path
+    with checkpoints.open(path) as reader:  # T5X's format, as T5X restores it
+        assert reader.format == "t5x" and reader.step == 7
+        assert reader.params["decoder/logits_dense/kernel"].shape == (TINY.emb_dim, 384)
     restored, step, opt_state = train.restore_checkpoint(path)
     assert step == 7 and opt_state is None
     assert params.flatten(restored).keys() == params.flatten(p).keys()
@@ -97,7 +100,7 @@ def test_train_is_a_cli_command():
 
 
 def _train_cli(*args, cache=None, timeout=240):
-    """`jaxmerge train ...` through the module entry point (same add_arguments/run), on one
+    """`jaxmerge train ...` as a user runs it, on one
     CPU device, sharing a persistent compilation cache between runs to save compile time."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     if cache is not None:
@@ -105,7 +108,7 @@ def _train_cli(*args, cache=None, timeout=240):
             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
         )
     return subprocess.run(
-        [sys.executable, "-m", "jaxmerge.train", *args],
+        [sys.executable, "-m", "jaxmerge", "train", *args],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -190,3 +193,23 @@ def test_recipes_parse(recipe, size):
     gin_utils.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
     assert isinstance(gin_utils.macro("MODEL"), t5.T5Config)
     assert gin_utils.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
+
+
+def test_restore_from_hugging_face_directory(tmp_path):
+    """A Flan-T5-style safetensors directory can be INITIAL_CHECKPOINT_PATH."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from jaxmerge.models import hf_t5
+
+    p = params.unbox(t5.init_params(TINY, jax.random.key(6)))
+    flat = {k: np.asarray(v) for k, v in params.flatten(p).items()}
+    save_file(hf_t5.to_hf(TINY, flat), str(tmp_path / "model.safetensors"))
+    hf_config = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_heads": 2, "num_layers": 1}
+    hf_config.update(vocab_size=384, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
+    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    restored, step, _ = train.restore_checkpoint(tmp_path)
+    assert step == 0
+    for name, value in params.flatten(restored).items():
+        np.testing.assert_array_equal(value, flat[name], err_msg=name)

@@ -86,16 +86,42 @@ def _rank_classification_source(name: str, generator):
     return dataset_fn
 
 
-def _pretrain_source(split, shuffle_files=False, seed=None):
+@functools.cache
+def pretraining_examples(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """Span-corrupted pretraining documents of one split, as token ids (no EOS yet).
+
+    Tokenized with `vocabulary()` and corrupted here, once, in Python (no
+    `tf.numpy_function` in the input pipeline). Returns ragged rows as two tuples
+    of int32 arrays: (inputs, targets).
+    """
+    vocab = vocabulary()
     n = {"train": PRETRAIN_SIZE}.get(split, SPLIT_SIZES[split])
     rng = random.Random(_crc(f"pretrain/{split}") ^ SPLIT_SEED)
-    return _as_dataset({"text": [instructions.pretraining_document(rng)["text"] for _ in range(n)]})
+    inputs, targets = [], []
+    for _ in range(n):
+        tokens = np.asarray(vocab.encode(instructions.pretraining_document(rng)["text"]), np.int32)
+        x, y = span_corrupt(tokens, vocab.vocab_size)
+        inputs.append(x)
+        targets.append(y)
+    return tuple(inputs), tuple(targets)
 
 
-def _random_partition(rng: np.random.Generator, n: int, k: int) -> np.ndarray:
-    """n items into k non-empty consecutive segments -> their lengths (k,)."""
-    cuts = np.sort(rng.choice(np.arange(1, n), size=k - 1, replace=False))
-    return np.diff(np.concatenate([[0], cuts, [n]]))
+def _pretrain_source(split, shuffle_files=False, seed=None):
+    import tensorflow as tf
+
+    inputs, targets = pretraining_examples(split)
+    ragged = lambda rows: tf.RaggedTensor.from_row_lengths(
+        np.concatenate(rows), [len(r) for r in rows]
+    )
+    return tf.data.Dataset.from_tensor_slices(
+        {"inputs": ragged(inputs), "targets": ragged(targets)}
+    )
+
+
+def _random_partition(rng: random.Random, n: int, k: int) -> list[int]:
+    """n items into k non-empty consecutive segments -> their k lengths."""
+    cuts = [0, *sorted(rng.sample(range(1, n), k - 1)), n]
+    return [b - a for a, b in zip(cuts, cuts[1:], strict=False)]
 
 
 def span_corrupt(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +132,9 @@ def span_corrupt(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.nd
     targets list each sentinel followed by the tokens it replaced. Seeded by the
     tokens themselves, so it is deterministic.
     """
-    n = len(tokens)
-    rng = np.random.default_rng(zlib.crc32(tokens.tobytes()))
+    tokens = np.asarray(tokens, np.int32)
+    n, seq = len(tokens), tokens.tolist()
+    rng = random.Random(zlib.crc32(tokens.tobytes()))
     n_noise = int(np.clip(round(n * NOISE_DENSITY), 1, max(n - 1, 1)))
     n_spans = int(np.clip(round(n_noise / MEAN_NOISE_SPAN), 1, min(n_noise, n - n_noise)))
     noise = _random_partition(rng, n_noise, n_spans)
@@ -115,35 +142,13 @@ def span_corrupt(tokens: np.ndarray, vocab_size: int) -> tuple[np.ndarray, np.nd
     inputs, targets, pos = [], [], 0
     for i in range(n_spans):
         sentinel = vocab_size - 1 - i
-        inputs += [*tokens[pos : pos + keep[i]], sentinel]
+        inputs += seq[pos : pos + keep[i]]
+        inputs.append(sentinel)
         pos += keep[i]
-        targets += [sentinel, *tokens[pos : pos + noise[i]]]
+        targets.append(sentinel)
+        targets += seq[pos : pos + noise[i]]
         pos += noise[i]
     return np.asarray(inputs, np.int32), np.asarray(targets, np.int32)
-
-
-def _span_corruption(dataset, output_features):
-    import tensorflow as tf
-
-    vocab_size = output_features["targets"].vocabulary.vocab_size
-
-    def corrupt(ex):
-        tokens = ex["targets"]
-        if len(tokens) < 4:  # too short to corrupt; drop it
-            return np.zeros([0], np.int32), np.zeros([0], np.int32)
-        return span_corrupt(tokens.astype(np.int32), vocab_size)
-
-    def fn(ex):
-        inputs, targets = tf.numpy_function(
-            lambda t: corrupt({"targets": t}), [ex["targets"]], [tf.int32, tf.int32]
-        )
-        return {
-            "inputs": tf.ensure_shape(inputs, [None]),
-            "targets": tf.ensure_shape(targets, [None]),
-        }
-
-    ds = dataset.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.filter(lambda ex: tf.size(ex["targets"]) > 0)
 
 
 def vocabulary():
@@ -222,13 +227,8 @@ def register() -> None:
     add(
         "jaxmerge_pretrain_corpus",
         seqio.FunctionDataSource(_pretrain_source, splits),
-        preprocessors=[
-            functools.partial(
-                seqio.preprocessors.rekey, key_map={"inputs": None, "targets": "text"}
-            ),
-            seqio.preprocessors.tokenize,
+        preprocessors=[  # the source yields span-corrupted token ids
             seqio.CacheDatasetPlaceholder(),
-            _span_corruption,
             seqio.preprocessors.append_eos_after_trim,
         ],
     )
