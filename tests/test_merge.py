@@ -5,6 +5,7 @@ import os
 import pathlib
 import subprocess
 import sys
+import time
 
 import jax
 import ml_dtypes
@@ -292,3 +293,46 @@ def test_parse_bytes():
     assert parse_bytes("1000") == 1000
     with pytest.raises(InputError, match="expected a size"):
         parse_bytes("lots")
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "t5x"])
+def test_kill_9_midway_then_rerun_gives_the_same_bytes(tmp_path, run_cli, fmt):
+    """A real SIGKILL once some parameters are journaled; the re-run resumes and matches."""
+    from jaxmerge.checkpoints._layout import JOURNAL, TMP_SUFFIX
+
+    rng = np.random.default_rng(0)
+    shapes = {f"layers_{i}/kernel": (256, 256) for i in range(24)}
+    base = {n: rng.standard_normal(s).astype(ml_dtypes.bfloat16) for n, s in shapes.items()}
+    experts = [
+        {n: (v.astype(np.float32) + 0.1).astype(ml_dtypes.bfloat16) for n, v in base.items()}
+        for _ in range(2)
+    ]
+    base_path, expert_paths = write_all(tmp_path, fmt, base, experts)
+    args = ["merge", "--method", "dare_ties", "--base", base_path, "--experts", *expert_paths]
+    clean = run_cli(*args, "--output", tmp_path / "clean", "--quiet")
+    assert clean.returncode == 0, clean.stderr
+
+    out = tmp_path / "killed"
+    journal = out.with_name(out.name + TMP_SUFFIX) / JOURNAL
+    env = dict(os.environ, PYTHONPATH=str(pathlib.Path(__file__).resolve().parents[1]))
+    command = [sys.executable, "-m", "jaxmerge", *map(str, args), "--output", str(out), "--quiet"]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and process.poll() is None:
+            if journal.exists() and len(journal.read_text().splitlines()) >= 4:  # header + 3
+                break
+            time.sleep(0.005)
+        killed = process.poll() is None
+        process.kill()
+    finally:
+        process.wait(timeout=30)
+    assert killed, "the merge finished before 3 of its 24 parameters could be seen journaled"
+    assert not out.exists()  # nothing half-written looks finished
+    rerun = run_cli(*args, "--output", out, "--quiet")
+    assert rerun.returncode == 0, rerun.stderr
+    assert "resuming:" in rerun.stdout
+    for clean_file in sorted((tmp_path / "clean").rglob("*")):
+        relative = clean_file.relative_to(tmp_path / "clean")
+        if clean_file.is_file() and relative.name not in ("manifest.json", "config.gin"):
+            assert (out / relative).read_bytes() == clean_file.read_bytes(), relative
