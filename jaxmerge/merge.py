@@ -9,7 +9,9 @@
 
 Peak memory is bounded by the memory budget, not by model size × experts: at
 most one group of parameters is being merged while the next is read, each group
-holding at most a third of the budget. A killed merge re-run with the same
+holding at most a third of the budget, and an elementwise merge (average, task
+arithmetic, TIES with its global thresholds) of a tensor whose float32 working
+set exceeds a third of the budget runs in row blocks. A killed merge re-run with the same
 arguments resumes from the parameters already written and yields the same
 bytes: randomness depends only on (seed, parameter name, expert index).
 """
@@ -227,10 +229,35 @@ class Merger:
             self._kernels[out_dtype] = jax.jit(merge, donate_argnums=(0, 1))
         return self._kernels[out_dtype]
 
-    def merge(self, name: str, experts: list, base):
+    def merge(self, name: str, experts: list, base, block_bytes: int | None = None):
+        """Merges one parameter; in row blocks if its float32 working set exceeds block_bytes.
+
+        Only for elementwise methods (with TIES, once the whole-model thresholds are
+        known): each block's result is exactly the rows of the whole tensor's.
+        """
         key = parameter_key(self.config.seed, name) if self.spec.random else None
-        out_dtype = self.plan.params[name].dtype
-        return self.kernel(out_dtype)(experts, base, self.weights, key, self.thresholds)
+        kernel = self.kernel(self.plan.params[name].dtype)
+        shape = self.plan.params[name].shape
+        working = int(np.prod(shape)) * 4 * (len(experts) + 3)  # float32 temporaries
+        blockwise = self.spec.elementwise and (
+            not self.spec.global_trim or self.thresholds is not None
+        )
+        if not blockwise or block_bytes is None or working <= block_bytes or len(shape) < 2:
+            return kernel(experts, base, self.weights, key, self.thresholds)
+        rows = max(1, shape[0] * block_bytes // working)
+        blocks = []
+        for start in range(0, shape[0], rows):
+            part = slice(start, start + rows)
+            blocks.append(
+                kernel(
+                    [e[part] for e in experts],
+                    None if base is None else base[part],
+                    self.weights,
+                    key,
+                    self.thresholds,
+                )
+            )
+        return jnp.concatenate(blocks)
 
 
 def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callable) -> jax.Array:
@@ -430,7 +457,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             density = hparams.get("density", _default(spec, "density"))
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
         for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
-            merged = merger.merge(name, expert_arrays, base_array)
+            merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 3)
             del expert_arrays, base_array  # donated
             writer.write(name, merged)
         wall = time.perf_counter() - start

@@ -31,14 +31,17 @@ class MergeMethod(NamedTuple):
     needs_base: bool = True
     random: bool = False  # takes `key`, derived from (seed, parameter name)
     global_trim: bool = False  # accepts `thresholds` from a whole-model trim (hparam `trim`)
+    # Each output entry depends only on the same entry of the inputs (given the
+    # whole-model thresholds, for global_trim), so a tensor may be merged in row blocks.
+    elementwise: bool = False
     min_experts: int = 1
     max_experts: int | None = None
 
 
 METHODS: dict[str, MergeMethod] = {
-    "average": MergeMethod(average, (), needs_base=False),
-    "task_arithmetic": MergeMethod(task_arithmetic, ("lam",)),
-    "ties": MergeMethod(ties, ("density", "lam", "trim"), global_trim=True),
+    "average": MergeMethod(average, (), needs_base=False, elementwise=True),
+    "task_arithmetic": MergeMethod(task_arithmetic, ("lam",), elementwise=True),
+    "ties": MergeMethod(ties, ("density", "lam", "trim"), global_trim=True, elementwise=True),
     "dare_linear": MergeMethod(dare_linear, ("drop_rate", "lam"), random=True),
     "dare_ties": MergeMethod(dare_ties, ("drop_rate", "lam"), random=True),
     "breadcrumbs": MergeMethod(breadcrumbs, ("density", "gamma", "lam")),
