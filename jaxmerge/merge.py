@@ -273,22 +273,20 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     k = select.count_for_fraction(density, n)
     if k == 0:
         return jnp.full((num_experts,), jnp.inf, jnp.float32)
-    high_pass = jax.jit(
-        lambda es, b: jnp.stack([select.high_histogram(e.astype(jnp.float32) - b) for e in es])
-    )
-    low_pass = jax.jit(
-        lambda es, b, digits: jnp.stack(
-            [select.low_histogram(e.astype(jnp.float32) - b, digits[i]) for i, e in enumerate(es)]
-        )
-    )
+    # One expert per call: a call holds one float32 task vector, not K of them.
+    high_pass = jax.jit(lambda e, b: select.high_histogram(e.astype(jnp.float32) - b))
+    low_pass = jax.jit(lambda e, b, d: select.low_histogram(e.astype(jnp.float32) - b, d))
     high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
-        high += np.asarray(high_pass(expert_arrays, base_array.astype(jnp.float32)))
+        b = base_array.astype(jnp.float32)
+        for i, e in enumerate(expert_arrays):
+            high[i] += np.asarray(high_pass(e, b))
     resolved = [select.resolve_digit(h, k) for h in high]
-    digits = jnp.asarray([int(d) for d, _ in resolved], jnp.uint32)
     low = np.zeros((num_experts, select.LOW_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
-        low += np.asarray(low_pass(expert_arrays, base_array.astype(jnp.float32), digits))
+        b = base_array.astype(jnp.float32)
+        for i, e in enumerate(expert_arrays):
+            low[i] += np.asarray(low_pass(e, b, np.uint32(resolved[i][0])))
     thresholds = [
         select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
         for (d, rank), h in zip(resolved, low, strict=True)
