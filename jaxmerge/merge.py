@@ -7,11 +7,12 @@
              → writer.write(name, merged)      (the next parameters are read meanwhile)
           ─► writer.finalize(): manifest.json + config.gin, atomic rename
 
-Peak memory is bounded by the memory budget, not by model size × experts: at
-most one group of parameters is being merged while the next is read, each group
-holding at most a third of the budget, and an elementwise merge (average, task
-arithmetic, TIES with its global thresholds) of a tensor whose float32 working
-set exceeds a third of the budget runs in row blocks. A killed merge re-run with the same
+Peak memory is bounded by the memory budget, not by model size × experts. The
+budget splits four ways: the group of parameters being merged, the next group
+being read, the kernel's float32 temporaries (an elementwise merge — average,
+task arithmetic, TIES with its global thresholds — of a larger tensor runs in
+row blocks), and the runtime and output. A single parameter whose inputs alone
+exceed a quarter still merges, alone. A killed merge re-run with the same
 arguments resumes from the parameters already written and yields the same
 bytes: randomness depends only on (seed, parameter name, expert index).
 """
@@ -274,19 +275,18 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     if k == 0:
         return jnp.full((num_experts,), jnp.inf, jnp.float32)
     # One expert per call: a call holds one float32 task vector, not K of them.
-    high_pass = jax.jit(lambda e, b: select.high_histogram(e.astype(jnp.float32) - b))
-    low_pass = jax.jit(lambda e, b, d: select.low_histogram(e.astype(jnp.float32) - b, d))
+    tau = lambda e, b: e.astype(jnp.float32) - b.astype(jnp.float32)
+    high_pass = jax.jit(lambda e, b: select.high_histogram(tau(e, b)))
+    low_pass = jax.jit(lambda e, b, d: select.low_histogram(tau(e, b), d))
     high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
-        b = base_array.astype(jnp.float32)
         for i, e in enumerate(expert_arrays):
-            high[i] += np.asarray(high_pass(e, b))
+            high[i] += np.asarray(high_pass(e, base_array))
     resolved = [select.resolve_digit(h, k) for h in high]
     low = np.zeros((num_experts, select.LOW_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
-        b = base_array.astype(jnp.float32)
         for i, e in enumerate(expert_arrays):
-            low[i] += np.asarray(low_pass(e, b, np.uint32(resolved[i][0])))
+            low[i] += np.asarray(low_pass(e, base_array, np.uint32(resolved[i][0])))
     thresholds = [
         select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
         for (d, rank), h in zip(resolved, low, strict=True)
@@ -424,7 +424,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
 
         def read(names: Sequence[str], description: str) -> Iterator:
             """Yields (name, expert arrays, base array); reads the next group meanwhile."""
-            groups = group_by_bytes(names, input_bytes, max(1, budget // 3))
+            groups = group_by_bytes(names, input_bytes, max(1, budget // 4))
             task = progress.task(description, sum(input_bytes[n] for n in names))
 
             def load(group):
@@ -455,7 +455,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             density = hparams.get("density", _default(spec, "density"))
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
         for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
-            merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 3)
+            merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
             del expert_arrays, base_array  # donated
             writer.write(name, merged)
         wall = time.perf_counter() - start
