@@ -443,10 +443,12 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 for i in range(len(groups)):
                     loaded = pending.result()
                     pending = pool.submit(load, groups[i + 1]) if i + 1 < len(groups) else None
-                    for item in loaded:
-                        yield item
-                        progress.advance(task, input_bytes[item[0]])
-                    del loaded
+                    loaded.reverse()
+                    while loaded:  # hand each parameter over and drop our reference to it
+                        name, arrays, base_array = loaded.pop()
+                        yield name, arrays, base_array
+                        del arrays, base_array
+                        progress.advance(task, input_bytes[name])
 
         todo = [n for n in plan.names if n not in writer.done]
         if writer.done:
