@@ -8,11 +8,12 @@
           ─► writer.finalize(): manifest.json + config.gin, atomic rename
 
 Peak memory is bounded by the memory budget, not by model size × experts. The
-budget splits four ways: the group of parameters being merged, the next group
-being read, the kernel's float32 temporaries (an elementwise merge — average,
-task arithmetic, TIES with its global thresholds — of a larger tensor runs in
-row blocks), and the runtime and output. A single parameter whose inputs alone
-exceed a quarter still merges, alone. A killed merge re-run with the same
+group of parameters being merged and the next group being read (which briefly
+holds a host and a device copy) each get a sixth of the budget; the kernel's
+float32 temporaries a quarter (an elementwise merge — average, task arithmetic,
+TIES with its global thresholds — of a larger tensor runs in row blocks); the
+rest is the runtime's and the output's. A parameter whose inputs alone exceed a
+sixth merges alone, with nothing read beside it. A killed merge re-run with the same
 arguments resumes from the parameters already written and yields the same
 bytes: randomness depends only on (seed, parameter name, expert index).
 """
@@ -424,7 +425,10 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
 
         def read(names: Sequence[str], description: str) -> Iterator:
             """Yields (name, expert arrays, base array); reads the next group meanwhile."""
-            groups = group_by_bytes(names, input_bytes, max(1, budget // 4))
+            # A read briefly holds a host and a device copy: groups get a sixth of the budget,
+            # and no group is read beside one that alone exceeds that (a huge parameter).
+            limit = max(1, budget // 6)
+            groups = group_by_bytes(names, input_bytes, limit)
             task = progress.task(description, sum(input_bytes[n] for n in names))
 
             def load(group):
@@ -440,15 +444,19 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
 
             with ThreadPoolExecutor(1) as pool, ThreadPoolExecutor(len(readers)) as readers_pool:
                 pending = pool.submit(load, groups[0]) if groups else None
-                for i in range(len(groups)):
-                    loaded = pending.result()
-                    pending = pool.submit(load, groups[i + 1]) if i + 1 < len(groups) else None
+                for i, group in enumerate(groups):
+                    loaded, pending = pending.result(), None
+                    following = groups[i + 1] if i + 1 < len(groups) else None
+                    if following and sum(input_bytes[n] for n in group) <= limit:
+                        pending = pool.submit(load, following)
                     loaded.reverse()
                     while loaded:  # hand each parameter over and drop our reference to it
                         name, arrays, base_array = loaded.pop()
                         yield name, arrays, base_array
                         del arrays, base_array
                         progress.advance(task, input_bytes[name])
+                    if following and pending is None:
+                        pending = pool.submit(load, following)
 
         todo = [n for n in plan.names if n not in writer.done]
         if writer.done:
