@@ -20,21 +20,30 @@ result; 2 bytes each in bf16 — divided by the copy bandwidth measured in the
 same run (the faster of numpy's single-threaded copy and XLA's, on 256 MiB).
 `× floor` is time ÷ that; 1.0 would be a method as fast as a memcpy of its data.
 
-What we learned about XLA on CPU (jax 0.10.2, 2 cores; numbers from this file's runs):
-- Unroll over experts. Task arithmetic written over experts stacked on a leading
-  axis, `b + (E − b[None]).sum(0)`, is measured here as the "stacked" row: the
-  reduction over the stacked axis is not fused into a single pass and runs many
-  times slower than the same sum unrolled over a Python list of experts, which
-  XLA fuses into one loop. Methods therefore take experts as a sequence.
-- Elementwise fusions run on both cores; reductions with a compare inside
-  (`sum(|τ| ≥ t)`) and scatters (histograms) run on one and cost 2–4 ns per
-  element, several times an elementwise pass. An exact global TIES threshold
-  needs two histogram passes over every expert, so it is the bulk of TIES' time
-  on CPU; on accelerators scatters are cheap and the ratio falls.
+What we learned about XLA on CPU (jax 0.10.2, 2 cores, 2026-11-23; full-stack run:
+task_arithmetic 1.76 s = 6.2× floor, stacked 28.4 s, ties global 19.2 s = 10.9× TA):
+- Unroll over experts. Task arithmetic over experts stacked on a leading axis,
+  `b + (E − b[None]).sum(0)`, ran 16× slower than the same sum unrolled over a
+  Python list of experts, which XLA fuses into one loop (and stacking costs a
+  copy). Methods therefore take experts as a sequence.
+- Elementwise fusions run near bandwidth on both cores. Scatters (histograms)
+  and reductions with a compare inside (`sum(|τ| ≥ t)`) run on one core at
+  2–8 ns per element, about four elementwise passes each; sort and top_k are far
+  worse (~95 ns per element), and numpy's bincount on the same buffers was no
+  faster. An exact global TIES threshold therefore costs at least one histogram
+  pass per expert: the sampled bracket of `select.py` gets it down from two
+  passes to one, and the rest of TIES (trim, elect, disjoint mean with the
+  thresholds given) costs 1.3× task arithmetic. On accelerators scatters are
+  cheap and this ratio falls.
+- Random methods are bound by the PRNG: partitionable threefry (needed for the
+  same bits on 1 or 8 devices) costs ~27 ns per value here, whatever bit width
+  is drawn. DELLA also sorts every row twice (35 s for one 61M-parameter layer).
 - Cast once: bf16 → f32 on load and f32 → bf16 at the end fuse into the same
-  loop; casting each intermediate separately costs a pass each.
-- Compile once per shape: a Llama stack has 7 distinct shapes, so 16 layers
-  cost 7 compilations; the timed runs are after a warm-up.
+  loop; casting intermediates separately costs a pass each.
+- Compile once per shape: a Llama stack has 9 distinct shapes, so 16 layers cost
+  9 compilations; the timed runs follow a one-layer warm-up.
+- Timings on this shared 2-core VM move 2–3× with other load; compare rows of
+  one run, not runs.
 """
 
 import argparse
