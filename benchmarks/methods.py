@@ -40,8 +40,8 @@ task_arithmetic 1.76 s = 6.2× floor, stacked 28.4 s, ties global 19.2 s = 10.9�
   is drawn. DELLA also sorts every row twice (35 s for one 61M-parameter layer).
 - Cast once: bf16 → f32 on load and f32 → bf16 at the end fuse into the same
   loop; casting intermediates separately costs a pass each.
-- Compile once per shape: a Llama stack has 9 distinct shapes, so 16 layers cost
-  9 compilations; the timed runs follow a one-layer warm-up.
+- Compile once per shape: a Llama layer has 5 distinct shapes, so 16 layers cost
+  5 compilations; the timed runs follow a one-layer warm-up.
 - Timings on this shared 2-core VM move 2–3× with other load; compare rows of
   one run, not runs.
 """
