@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         skill, shared_kept, error = scores(merged, base, shared, privates[:count])
         table.add_row(
             name + ("" if count == len(experts) else f" ({count} experts)"),
-            _defaults(spec),
+            _defaults(name),
             f"{skill:.2f}",
             f"{shared_kept:.2f}",
             f"{error:.2f}",
@@ -169,15 +169,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _defaults(spec) -> str:
-    import inspect
+def _defaults(name: str) -> str:
+    from jaxmerge.methods import hparam_defaults
 
-    signature = inspect.signature(spec.merge_tensor)
-    parts = [
-        f"{name}={signature.parameters[name].default:g}"
-        for name in spec.hparams
-        if name in signature.parameters
-    ]
-    if spec.global_trim:
-        parts.append("trim=global")
-    return ", ".join(parts)
+    return ", ".join(
+        f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+        for k, v in hparam_defaults(name).items()
+    )

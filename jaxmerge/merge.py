@@ -39,7 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 import jaxmerge
 from jaxmerge import checkpoints, sharding
 from jaxmerge.errors import InputError
-from jaxmerge.methods import get_method, parameter_key, select
+from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
 
 HPARAMS = ("lam", "density", "drop_rate", "trim", "gamma", "epsilon", "t")
@@ -462,7 +462,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         if writer.done:
             log(f"resuming: {len(writer.done)} of {len(plan.names)} parameters already written")
         if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
-            density = hparams.get("density", _default(spec, "density"))
+            density = hparams.get("density", hparam_defaults(spec)["density"])
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
         for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
             merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
@@ -476,12 +476,10 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 "config.gin": _operative_config(config).encode(),
             }
         )
-    except BaseException:
+    finally:  # on failure the staging directory stays, for a resume
         progress.close()
-        raise
-    progress.close()
-    for _, reader in readers:
-        reader.close()
+        for _, reader in readers:
+            reader.close()
     log(
         f"merged {len(experts)} expert(s) with {config.method} "
         f"({', '.join(f'{k}={v}' for k, v in hparams.items()) or 'defaults'}): "
@@ -489,12 +487,6 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         f"peak RSS {info['peak_rss_bytes'] / 2**30:.2f} GiB → {final}"
     )
     return final
-
-
-def _default(spec, name: str):
-    import inspect
-
-    return inspect.signature(spec.merge_tensor).parameters[name].default
 
 
 def _operative_config(config: MergeConfig) -> str:

@@ -4,8 +4,10 @@ Parametrised over METHODS, with each method's hyperparameters at their
 defaults; no special cases by name beyond the expert count a method requires.
 """
 
+import ast
 import functools
 import importlib
+import pathlib
 import re
 
 import jax
@@ -149,3 +151,14 @@ def test_every_method_states_its_equation_and_paper(method):
     text = (importlib.import_module(function.__module__).__doc__ or "") + (function.__doc__ or "")
     assert "θ = " in text, f"{method}: no equation in its docstrings"
     assert re.search(r"\b(19|20)\d\d\b", text), f"{method}: no paper (with its year) cited"
+
+
+@pytest.mark.parametrize("method", NAMES)
+def test_gin_config_states_the_paper_defaults(method):
+    """gin_configs/methods/<name>.gin binds exactly the signature's defaults."""
+    from jaxmerge.methods import hparam_defaults
+
+    path = pathlib.Path(__file__).resolve().parents[1] / "gin_configs" / "methods" / f"{method}.gin"
+    bindings = dict(re.findall(r"^merge\.MergeConfig\.(\w+) = (.+)$", path.read_text(), re.M))
+    assert bindings.pop("method") == repr(method)
+    assert {k: ast.literal_eval(v) for k, v in bindings.items()} == hparam_defaults(method)

@@ -50,6 +50,18 @@ METHODS: dict[str, MergeMethod] = {
     "slerp": MergeMethod(slerp, ("t",), needs_base=False, min_experts=2, max_experts=2),
 }
 
-from jaxmerge.methods.tree import get_method, merge_trees, parameter_key  # noqa: E402
+from jaxmerge.methods.tree import (  # noqa: E402
+    get_method,
+    hparam_defaults,
+    merge_trees,
+    parameter_key,
+)
 
-__all__ = ["METHODS", "MergeMethod", "get_method", "merge_trees", "parameter_key"]
+__all__ = [
+    "METHODS",
+    "MergeMethod",
+    "get_method",
+    "hparam_defaults",
+    "merge_trees",
+    "parameter_key",
+]

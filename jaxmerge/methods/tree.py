@@ -8,6 +8,7 @@ once, at the end. It is traceable: `jax.jit(merge_trees, static_argnames=...)`
 and `jax.eval_shape` work.
 """
 
+import inspect
 import zlib
 from collections.abc import Sequence
 from typing import Any
@@ -34,6 +35,16 @@ def get_method(method: str | MergeMethod) -> MergeMethod:
         raise InputError(
             f"unknown merge method {method!r}; choose from {', '.join(METHODS)}"
         ) from None
+
+
+def hparam_defaults(method: str | MergeMethod) -> dict:
+    """The paper defaults of a method's hyperparameters: its signature's, the one source."""
+    spec = get_method(method)
+    parameters = inspect.signature(spec.merge_tensor).parameters
+    defaults = {h: parameters[h].default for h in spec.hparams if h in parameters}
+    if spec.global_trim:
+        defaults["trim"] = "global"
+    return defaults
 
 
 def parameter_key(seed: int, name: str) -> jax.Array:
@@ -159,7 +170,7 @@ def merge_trees(
         if trim not in TRIMS:
             raise InputError(f"{name}: trim={trim!r}; choose from {', '.join(TRIMS)}")
         if trim == "global":
-            density = tensor_hparams.get("density", 0.2)
+            density = tensor_hparams.get("density", hparam_defaults(spec)["density"])
             check_range(name, "density", density, 0.0, 1.0)
             thresholds = global_thresholds(experts, base, density)
 
