@@ -4,15 +4,17 @@
           ─► [ties, trim=global] two streaming histogram passes → exact per-expert thresholds
           ─► per parameter: base + K experts read straight into their NamedSharding
              → jit(method)(experts, base, key, thresholds), inputs donated
-             → writer.write(name, merged)      (the next parameters are read meanwhile)
+             → writer.write(name, merged)      (on its own thread; the next parameters
+                                                are read meanwhile)
           ─► writer.finalize(): manifest.json + config.gin, atomic rename
 
 Peak memory is bounded by the memory budget, not by model size × experts. The
-group of parameters being merged and the next group being read (which briefly
-holds a host and a device copy) each get a sixth of the budget; the kernel's
-float32 temporaries a quarter (an elementwise merge — average, task arithmetic,
-TIES with its global thresholds — of a larger tensor runs in row blocks); the
-rest is the runtime's and the output's. A parameter whose inputs alone exceed a
+group of parameters being merged, the next group being read (which briefly
+holds a host and a device copy) and the merged parameters waiting to be written
+(on a thread of their own) each get a sixth of the budget; the kernel's float32
+temporaries a quarter (an elementwise merge — average, task arithmetic, TIES
+with its global thresholds — of a larger tensor runs in row blocks); the rest
+is the runtime's. A parameter whose inputs alone exceed a
 sixth merges alone, with nothing read beside it. A killed merge re-run with the same
 arguments resumes from the parameters already written and yields the same
 bytes: randomness depends only on (seed, parameter name, expert index).
@@ -262,6 +264,50 @@ class Merger:
         return jnp.concatenate(blocks)
 
 
+class WriteBehind:
+    """writer.write on a thread of its own, so writing overlaps reading and merging.
+
+    At most `limit` bytes of merged parameters wait to be written; with limit 0 every
+    write happens inline (several processes: the writers' barriers must stay in step).
+    A failed write is raised at the next `write` or on leaving the block; leaving the
+    block waits for every write, so nothing is written after the merge has returned.
+    """
+
+    def __init__(self, writer, limit: int):
+        self.writer, self.limit = writer, limit
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="jaxmerge-write") if limit else None
+        self._pending: list = []  # (future, bytes), oldest first
+
+    def write(self, name: str, array) -> None:
+        if self._pool is None:
+            self.writer.write(name, array)
+            return
+        self._pending.append((self._pool.submit(self.writer.write, name, array), array.nbytes))
+        self._collect(self.limit)
+
+    def _collect(self, limit: int) -> None:
+        """Takes finished writes off the queue, and waits until at most `limit` bytes wait."""
+        while self._pending and (
+            self._pending[0][0].done() or sum(b for _, b in self._pending) > limit
+        ):
+            future, _ = self._pending.pop(0)
+            future.result()  # a failed write raises here
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self._pool is None:
+            return
+        try:
+            if exc[0] is None:
+                self._collect(0)
+            for future, _ in self._pending:  # already failing: keep that error, stop writing
+                future.cancel()
+        finally:
+            self._pool.shutdown(wait=True)
+
+
 def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callable) -> jax.Array:
     """Exact per-expert TIES thresholds over all parameters: two streaming histogram passes.
 
@@ -464,10 +510,12 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
             density = hparams.get("density", hparam_defaults(spec)["density"])
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
-        for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
-            merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
-            del expert_arrays, base_array  # donated
-            writer.write(name, merged)
+        with WriteBehind(writer, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
+            for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
+                merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
+                del expert_arrays, base_array  # donated
+                out.write(name, merged)
+                del merged
         wall = time.perf_counter() - start
         info = manifest(config, plan, readers, wall)
         final = writer.finalize(
