@@ -45,7 +45,8 @@ def parse(gin_files: list[str], bindings: list[str]) -> None:
     try:
         gin.parse_config_files_and_bindings(gin_files, bindings, finalize_config=False)
     except (ValueError, SyntaxError, ImportError) as e:
-        raise InputError(f"gin config {gin_files} {bindings}: {e}") from e
+        gist = " ".join(str(e).split())  # gin's message spans lines; errors are one line
+        raise InputError(f"gin config {gin_files} {bindings}: {gist}") from e
 
 
 def macro(name: str):

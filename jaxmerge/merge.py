@@ -39,10 +39,11 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxmerge
-from jaxmerge import checkpoints, sharding
-from jaxmerge.errors import InputError
+from jaxmerge import checkpoints, preflight, sharding
+from jaxmerge.errors import InputError, writing
 from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
+from jaxmerge.nonfinite import NonFiniteGuard
 
 HPARAMS = ("lam", "density", "drop_rate", "trim", "gamma", "epsilon", "t")
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
@@ -83,6 +84,8 @@ class MergeConfig:
     memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET or half the free memory
     overwrite: bool = False
     max_shard_bytes: int = 5 * 10**9
+    allow_nonfinite: bool = False  # merge NaN/Inf inputs as they are instead of refusing
+    allow_unrelated: bool = False  # skip the checks that experts were fine-tuned from the base
 
     def hparams(self) -> dict:
         """The hyperparameters set, checked against what the method takes."""
@@ -126,13 +129,13 @@ def parse_bytes(text: str) -> int:
     """'4GB' → 4·10⁹, '512MiB' → 512·2²⁰, '1000' → 1000."""
     units = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12}
     units |= {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
-    text = text.strip().upper()
+    given, text = text, text.strip().upper()
     number = text.rstrip("KMGTIB")
     try:
         return int(float(number) * units[text[len(number) :]])
     except (ValueError, KeyError):
         raise InputError(
-            f"--memory_budget={text!r}: expected a size such as 4GB or 512MiB"
+            f"--memory_budget={given!r}: expected a size such as 4GB or 512MiB"
         ) from None
 
 
@@ -265,7 +268,7 @@ class Merger:
 
 
 class WriteBehind:
-    """writer.write on a thread of its own, so writing overlaps reading and merging.
+    """`write(name, array)` on a thread of its own, so writing overlaps reading and merging.
 
     At most `limit` bytes of merged parameters wait to be written; with limit 0 every
     write happens inline (several processes: the writers' barriers must stay in step).
@@ -273,16 +276,16 @@ class WriteBehind:
     block waits for every write, so nothing is written after the merge has returned.
     """
 
-    def __init__(self, writer, limit: int):
-        self.writer, self.limit = writer, limit
+    def __init__(self, write: Callable[[str, jax.Array], None], limit: int):
+        self._write, self.limit = write, limit
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="jaxmerge-write") if limit else None
         self._pending: list = []  # (future, bytes), oldest first
 
     def write(self, name: str, array) -> None:
         if self._pool is None:
-            self.writer.write(name, array)
+            self._write(name, array)
             return
-        self._pending.append((self._pool.submit(self.writer.write, name, array), array.nbytes))
+        self._pending.append((self._pool.submit(self._write, name, array), array.nbytes))
         self._collect(self.limit)
 
     def _collect(self, limit: int) -> None:
@@ -350,6 +353,20 @@ def _size_on_disk(path: pathlib.Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_key(config: MergeConfig, readers) -> str:
+    """A digest of what decides the merged values: a partial output resumes only under it.
+
+    Method, hyperparameters, weights, seed, dtype and each input's path and metadata; not
+    the output's path, the memory budget or the allow_* switches, which change no value.
+    """
+    fields = dataclasses.asdict(config)
+    for ignored in ("output", "overwrite", "memory_budget", "allow_nonfinite", "allow_unrelated"):
+        fields.pop(ignored)
+    fields["inputs"] = [(role, str(r.path), _metadata_digest(r)) for role, r in readers]
+    text = json.dumps(fields, sort_keys=True, default=str)  # paths as given
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def manifest(config, plan, readers, wall_seconds: float) -> dict:
@@ -422,27 +439,9 @@ class _Progress:
 def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) -> pathlib.Path:
     """Runs one merge end to end; returns the path of the finished checkpoint."""
     start = time.perf_counter()
+    hparams = preflight.check_config(config)  # before any file is opened
     spec = get_method(config.method)
-    if not config.experts:
-        raise InputError("--experts: give at least one expert checkpoint")
-    if len(set(map(os.path.realpath, config.experts))) != len(config.experts):
-        raise InputError("--experts: the same checkpoint is listed twice")
-    count = len(config.experts)
-    if count < spec.min_experts or (spec.max_experts and count > spec.max_experts):
-        exactly = spec.max_experts == spec.min_experts
-        raise InputError(
-            f"--experts: {config.method} needs {'exactly' if exactly else 'at least'} "
-            f"{spec.min_experts} expert(s), got {count}"
-        )
-    if config.weights is not None and len(config.weights) != count:
-        raise InputError(f"--weights: {len(config.weights)} weights for {count} experts")
-    hparams = config.hparams()
     output = pathlib.Path(config.output).resolve()
-    for path in [config.base, *config.experts]:
-        if path is not None:
-            resolved = pathlib.Path(path).resolve()
-            if output == resolved or output.is_relative_to(resolved):
-                raise InputError(f"--output {output}: lies inside the input {resolved}")
 
     base = checkpoints.open(config.base, config.input_format) if spec.needs_base else None
     if base is None and config.base is not None and not spec.needs_base:
@@ -451,19 +450,22 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     readers = ([("base", base)] if base is not None else []) + [
         (f"expert {i}", r) for i, r in enumerate(experts)
     ]
+    preflight.check_inputs(config, base, experts)
     plan = make_plan(config, base, experts)
+    preflight.check_shared_base(config, base, experts)
     mesh = sharding.make_mesh()
     budget = config.memory_budget or min(DEFAULT_BUDGET, available_memory() // 2)
-    writer = checkpoints.create(
-        output,
-        plan.output_format,
-        plan.params,
-        step=plan.step,
-        reference=plan.reference if plan.output_format == "safetensors" else None,
-        max_shard_bytes=config.max_shard_bytes,
-        resume=True,
-        overwrite=config.overwrite,
-    )
+    with writing(output):
+        writer = checkpoints.create(
+            output,
+            plan.output_format,
+            plan.params,
+            step=plan.step,
+            reference=plan.reference if plan.output_format == "safetensors" else None,
+            max_shard_bytes=config.max_shard_bytes,
+            resume=run_key(config, readers),  # resumes only a killed run of this same merge
+            overwrite=config.overwrite,
+        )
     progress = _Progress(quiet)
     try:
         merger = Merger(config, plan, mesh)
@@ -510,20 +512,34 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
             density = hparams.get("density", hparam_defaults(spec)["density"])
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
-        with WriteBehind(writer, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
+        guard = NonFiniteGuard(
+            [(f"expert {i}", e.path) for i, e in enumerate(experts)]
+            + ([("base", base.path)] if base else []),
+            output,
+            allow_inputs=config.allow_nonfinite,
+        )
+
+        def write(name: str, merged) -> None:
+            with writing(output, name):
+                writer.write(name, merged)
+
+        with WriteBehind(write, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
             for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
+                inputs_kinds = guard.inspect([*expert_arrays, *([base_array] if base else [])])
                 merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
                 del expert_arrays, base_array  # donated
+                guard.check(name, inputs_kinds, merged)
                 out.write(name, merged)
                 del merged
         wall = time.perf_counter() - start
         info = manifest(config, plan, readers, wall)
-        final = writer.finalize(
-            extra_files={
-                "manifest.json": json.dumps(info, indent=2).encode(),
-                "config.gin": _operative_config(config).encode(),
-            }
-        )
+        with writing(output):
+            final = writer.finalize(
+                extra_files={
+                    "manifest.json": json.dumps(info, indent=2).encode(),
+                    "config.gin": _operative_config(config).encode(),
+                }
+            )
     finally:  # on failure the staging directory stays, for a resume
         progress.close()
         for _, reader in readers:

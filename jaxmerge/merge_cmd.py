@@ -3,11 +3,15 @@
     jaxmerge merge --method ties --base BASE --experts E1 E2 --output OUT \\
         [--weights 1 1] [--lam 1.0] [--density 0.2] [--trim global|tensor] [--seed 0] \\
         [--output_format t5x|orbax|safetensors] [--dtype bfloat16|float32] \\
-        [--memory_budget 4GB] [--gin_file gin_configs/methods/ties.gin] [--gin.KEY=VALUE]
+        [--memory_budget 4GB] [--overwrite] [--allow_nonfinite] [--allow_unrelated] \\
+        [--gin_file gin_configs/methods/ties.gin] [--gin.KEY=VALUE]
 
 Every flag is also the gin binding `merge.MergeConfig.<flag>`; flags given on
 the command line win over gin. `gin_configs/runs/merge.gin` takes the inputs as
 the CAPS macros BASE, EXPERTS and OUTPUT_DIR, as T5X run configs do.
+
+Bad input or configuration exits with status 2 and one line naming the flag or the
+file and the parameter (docs/reliability.md lists every case).
 """
 
 import argparse
@@ -35,10 +39,20 @@ FLAGS = {
 }
 
 
+# On/off switches, False unless given (store_true, default None so that gin may set them).
+SWITCHES = {
+    "overwrite": "replace OUTPUT if it exists",
+    "allow_nonfinite": "merge NaN/Inf input values as they are instead of refusing them",
+    "allow_unrelated": "merge experts that do not look fine-tuned from the base "
+    "(config.json architecture, or sampled values far from the base's)",
+}
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, kwargs in FLAGS.items():
         parser.add_argument(f"--{name}", default=None, **kwargs)
-    parser.add_argument("--overwrite", action="store_true", default=None, help="replace OUTPUT")
+    for name, help_text in SWITCHES.items():
+        parser.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     gin_utils.add_gin_arguments(parser)
 
@@ -50,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     from jaxmerge.errors import InputError
 
     gin_utils.parse(args.gin_file, args.gin_bindings)
-    given = {name: getattr(args, name) for name in [*FLAGS, "overwrite"]}
+    given = {name: getattr(args, name) for name in [*FLAGS, *SWITCHES]}
     given = {k: v for k, v in given.items() if v is not None}
     if "memory_budget" in given:
         given["memory_budget"] = merge.parse_bytes(given["memory_budget"])
@@ -65,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
                 f"--{key} is required (or its gin macro, e.g. --gin.OUTPUT_DIR=\"'DIR'\")"
             )
     fields = {**bound, **given}
+    if isinstance(fields.get("memory_budget"), str):  # '4GB' from gin, as on the command line
+        fields["memory_budget"] = merge.parse_bytes(fields["memory_budget"])
     for key in ("experts", "weights"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])

@@ -7,7 +7,8 @@ Formats (see docs/checkpoints.md):
 
 Every Reader has the same surface: `path`, `format`, `step`, `params` (name -> ParamInfo, sorted
 by name for t5x/orbax, file order for safetensors), `read(name, sharding)`, `read_numpy(name)`,
-`close()`. Every Writer: `path`, `done`, `write(name, array)`, `finalize(extra_files)`, `abort()`.
+`close()`; `read_sample(reader, name)` reads a small block of one parameter. Every
+Writer: `path`, `done`, `write(name, array)`, `finalize(extra_files)`, `abort()`.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ from __future__ import annotations
 import pathlib
 import re
 
+import numpy as np
+
 from jaxmerge.checkpoints import orbax, safetensors, t5x
 from jaxmerge.checkpoints._layout import SUPPORTED_DTYPES, ParamInfo
 from jaxmerge.errors import CheckpointError
 
-__all__ = ["FORMATS", "ParamInfo", "create", "detect_format", "open", "resolve"]
+__all__ = ["FORMATS", "ParamInfo", "create", "detect_format", "open", "read_sample", "resolve"]
 
 FORMATS = ("t5x", "orbax", "safetensors")
 _READERS = {"t5x": t5x.Reader, "orbax": orbax.Reader, "safetensors": safetensors.Reader}
@@ -85,7 +88,40 @@ def open(path, format: str | None = None) -> Reader:  # noqa: A001 - the module'
             raise CheckpointError(f"{path}: no such checkpoint directory")
         if format in ("t5x", "orbax") and _format_of(path) is None:
             _, path = resolve(path)
+        found = _format_of(path)
+        if found is not None and found != format and _format_of_as(path, format) is None:
+            raise CheckpointError(f"{path}: not in {format} format (it looks like {found})")
     return _READERS[format](path)
+
+
+def _format_of_as(path: pathlib.Path, format: str) -> str | None:
+    """`format` if `path` holds that format's marker file (a directory may hold several)."""
+    markers = {
+        "safetensors": safetensors.is_safetensors_dir,
+        "orbax": lambda p: orbax.item_dir(p) is not None,
+        "t5x": t5x.is_t5x_dir,
+    }
+    return format if markers[format](path) else None
+
+
+def read_sample(reader: Reader, name: str, max_elements: int = 4096) -> np.ndarray:
+    """A block of at most `max_elements` entries from the middle of parameter `name`.
+
+    Only that block is read (a slice of the file, or the chunks it touches), so plausibility
+    checks can look at a few values of a huge tensor cheaply; the same block every time.
+    """
+    info = reader.params[name]
+    shape = info.shape
+    if 0 in shape:
+        return np.zeros(shape, info.dtype)
+    index, room = [], max(1, max_elements)
+    for n in reversed(shape):  # the trailing dimensions first: contiguous in every format
+        take = max(1, min(n, room))
+        start = (n - take) // 2
+        index.append(slice(start, start + take, 1))
+        room = max(1, room // take)
+    (block,) = reader._read_slices(name, [tuple(reversed(index))])
+    return np.asarray(block)
 
 
 def create(
@@ -96,13 +132,14 @@ def create(
     step: int = 0,
     reference=None,
     max_shard_bytes: int = 5 * 10**9,
-    resume: bool = False,
+    resume: bool | str = False,
     overwrite: bool = False,
 ) -> Writer:
     """A Writer that will produce `path` (t5x/orbax: path/checkpoint_<step>/; safetensors: path/).
 
     Data goes to the temporary sibling `path.jaxmerge-tmp/` until finalize(); resume=True keeps
-    the parameters a killed run with the same arguments already wrote (`writer.done`).
+    the parameters a killed run with the same arguments already wrote (`writer.done`); a string
+    `resume` names the run too, so only a killed run with the same name is resumed.
     """
     if format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; one of {FORMATS}")

@@ -209,15 +209,19 @@ class Staging:
 
     The journal's first line records what the run writes (format, parameters, step, options);
     each later line names one parameter that is durably written. `resume=True` keeps a partial
-    run whose first line matches; anything else starts from an empty directory.
+    run whose first line matches; anything else starts from an empty directory. `resume` may
+    also be a string naming the run (e.g. a digest of the merge's method, hyperparameters and
+    inputs): it joins the first line, so a partial run of a different merge is not resumed.
 
     With several processes (a shared filesystem, as T5X assumes), every process writes its
     own shards; process 0 alone creates and renames directories and keeps the journal, and a
     parameter is journaled only after every process has written its part.
     """
 
-    def __init__(self, out: pathlib.Path, header: dict, *, resume: bool, overwrite: bool):
+    def __init__(self, out: pathlib.Path, header: dict, *, resume: bool | str, overwrite: bool):
         self.out = pathlib.Path(out).absolute()
+        if isinstance(resume, str):
+            header = {**header, "run": resume}
         self.tmp = self.out.with_name(self.out.name + TMP_SUFFIX)
         if self.out.exists() and not overwrite:
             if not self.out.is_dir() or any(self.out.iterdir()):

@@ -232,7 +232,7 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 0,
-        resume: bool = False,
+        resume: bool | str = False,
         overwrite: bool = False,
         compression: str | None = "zstd",
     ):

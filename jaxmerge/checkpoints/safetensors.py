@@ -278,7 +278,7 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 5 * 10**9,
-        resume: bool = False,
+        resume: bool | str = False,
         overwrite: bool = False,
     ):
         for name, info in params.items():

@@ -295,7 +295,7 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 0,
-        resume: bool = False,
+        resume: bool | str = False,
         overwrite: bool = False,
         compression_level: int = 1,
     ):

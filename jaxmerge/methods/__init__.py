@@ -11,9 +11,16 @@ defaults are the papers'. `merge_trees` lifts any of them to whole models
 nor sharding, nor gin lives here.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
+from jaxmerge.methods._inputs import (
+    DENSITY,
+    FINITE,
+    FRACTION,
+    PROBABILITY_BELOW_ONE,
+    Interval,
+)
 from jaxmerge.methods.breadcrumbs import breadcrumbs
 from jaxmerge.methods.dare import dare_linear
 from jaxmerge.methods.della import della
@@ -36,18 +43,49 @@ class MergeMethod(NamedTuple):
     elementwise: bool = False
     min_experts: int = 1
     max_experts: int | None = None
+    # The values each numeric hyperparameter may take, checked (by the merge command,
+    # before any file is opened) with an error naming the flag and the interval.
+    ranges: Mapping[str, Interval] = {}
 
 
+LAM = {"lam": FINITE}
 METHODS: dict[str, MergeMethod] = {
     "average": MergeMethod(average, (), needs_base=False, elementwise=True),
-    "task_arithmetic": MergeMethod(task_arithmetic, ("lam",), elementwise=True),
-    "ties": MergeMethod(ties, ("density", "lam", "trim"), global_trim=True, elementwise=True),
-    "dare_linear": MergeMethod(dare_linear, ("drop_rate", "lam"), random=True),
-    "dare_ties": MergeMethod(dare_ties, ("drop_rate", "lam"), random=True),
-    "breadcrumbs": MergeMethod(breadcrumbs, ("density", "gamma", "lam")),
-    "della": MergeMethod(della, ("density", "epsilon", "lam"), random=True),
+    "task_arithmetic": MergeMethod(task_arithmetic, ("lam",), elementwise=True, ranges=LAM),
+    "ties": MergeMethod(
+        ties,
+        ("density", "lam", "trim"),
+        global_trim=True,
+        elementwise=True,
+        ranges={"density": DENSITY, **LAM},
+    ),
+    "dare_linear": MergeMethod(
+        dare_linear,
+        ("drop_rate", "lam"),
+        random=True,
+        ranges={"drop_rate": PROBABILITY_BELOW_ONE, **LAM},
+    ),
+    "dare_ties": MergeMethod(
+        dare_ties,
+        ("drop_rate", "lam"),
+        random=True,
+        ranges={"drop_rate": PROBABILITY_BELOW_ONE, **LAM},
+    ),
+    "breadcrumbs": MergeMethod(
+        breadcrumbs,
+        ("density", "gamma", "lam"),
+        ranges={"density": DENSITY, "gamma": FRACTION, **LAM},
+    ),
+    "della": MergeMethod(
+        della,
+        ("density", "epsilon", "lam"),
+        random=True,
+        ranges={"density": DENSITY, "epsilon": FRACTION, **LAM},
+    ),
     "model_stock": MergeMethod(model_stock, (), min_experts=2),
-    "slerp": MergeMethod(slerp, ("t",), needs_base=False, min_experts=2, max_experts=2),
+    "slerp": MergeMethod(
+        slerp, ("t",), needs_base=False, min_experts=2, max_experts=2, ranges={"t": FRACTION}
+    ),
 }
 
 from jaxmerge.methods.tree import (  # noqa: E402
@@ -59,6 +97,7 @@ from jaxmerge.methods.tree import (  # noqa: E402
 
 __all__ = [
     "METHODS",
+    "Interval",
     "MergeMethod",
     "get_method",
     "hparam_defaults",

@@ -4,8 +4,10 @@ Hyperparameter checks run only on concrete Python numbers: under `jax.grad` a
 learned λ is a tracer, and its range is the optimiser's business.
 """
 
+import math
 from collections.abc import Sequence
 from numbers import Real
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +76,35 @@ def check_range(
     if too_low or too_high or value != value:
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
         raise InputError(f"{method}: {name}={value} is outside {interval}")
+
+
+class Interval(NamedTuple):
+    """The values a hyperparameter may take: from low to high, each end open or closed."""
+
+    low: float
+    high: float
+    low_open: bool = False
+    high_open: bool = False
+
+    def __contains__(self, value) -> bool:
+        if not isinstance(value, Real) or isinstance(value, bool) or math.isnan(value):
+            return False
+        above = value > self.low if self.low_open else value >= self.low
+        below = value < self.high if self.high_open else value <= self.high
+        return above and below
+
+    def __str__(self) -> str:
+        """'in (0, 1]', or 'to be finite' for the whole real line."""
+        if math.isinf(self.low) and math.isinf(self.high):
+            return "to be finite"
+        left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
+        return f"in {left}{self.low:g}, {self.high:g}{right}"
+
+
+FINITE = Interval(-math.inf, math.inf, low_open=True, high_open=True)
+FRACTION = Interval(0.0, 1.0)  # [0, 1]
+DENSITY = Interval(0.0, 1.0, low_open=True)  # (0, 1]: a density of 0 keeps nothing
+PROBABILITY_BELOW_ONE = Interval(0.0, 1.0, high_open=True)  # [0, 1): DARE divides by 1 − p
 
 
 def check_key(method: str, key) -> None:
