@@ -471,6 +471,14 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         merger = Merger(config, plan, mesh)
         input_bytes = {name: sum(r.params[name].nbytes for _, r in readers) for name in plan.names}
 
+        guard = NonFiniteGuard(
+            [(f"expert {i}", e.path) for i, e in enumerate(experts)]
+            + ([("base", base.path)] if base else []),
+            output,
+            allow_inputs=config.allow_nonfinite,
+        )
+        checked: set[tuple[str, int]] = set()  # (parameter, input) checked for NaN/Inf
+
         def read(names: Sequence[str], description: str) -> Iterator:
             """Yields (name, expert arrays, base array); reads the next group meanwhile."""
             # A read briefly holds a host and a device copy: groups get a sixth of the budget,
@@ -485,7 +493,15 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 for name in group:
                     target = merger.sharding(name)
                     inputs = [*experts, *([base] if base else [])]
-                    futures = [readers_pool.submit(r.read, name, target) for r in inputs]
+
+                    def read_checked(which, reader, name=name, target=target):
+                        array = reader.read(name, target)
+                        if (name, which) not in checked:  # on the first of a model's passes
+                            guard.check_input(name, which, array)
+                            checked.add((name, which))
+                        return array
+
+                    futures = [readers_pool.submit(read_checked, *r) for r in enumerate(inputs)]
                     arrays = [f.result() for f in futures]
                     out.append((name, arrays[: len(experts)], arrays[-1] if base else None))
                 return out
@@ -512,23 +528,16 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
             density = hparams.get("density", hparam_defaults(spec)["density"])
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
-        guard = NonFiniteGuard(
-            [(f"expert {i}", e.path) for i, e in enumerate(experts)]
-            + ([("base", base.path)] if base else []),
-            output,
-            allow_inputs=config.allow_nonfinite,
-        )
 
         def write(name: str, merged) -> None:
+            guard.check_result(name, merged)  # before it is journaled as written
             with writing(output, name):
                 writer.write(name, merged)
 
         with WriteBehind(write, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
             for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
-                inputs_kinds = guard.inspect([*expert_arrays, *([base_array] if base else [])])
                 merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
                 del expert_arrays, base_array  # donated
-                guard.check(name, inputs_kinds, merged)
                 out.write(name, merged)
                 del merged
         wall = time.perf_counter() - start

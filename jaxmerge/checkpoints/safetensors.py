@@ -6,8 +6,10 @@ bytes of JSON header `{name: {"dtype": "F32", "shape": [...], "data_offsets": [b
 The index maps each tensor to its shard: `{"metadata": {"total_size": bytes},
 "weight_map": {name: file}}`.
 
-The reader parses headers itself (validating every offset against the file size) and reads a
-shard of a tensor through a memory map, so only that shard's bytes are copied to the host.
+The reader parses headers itself (validating every offset against the file size) and maps
+each tensor copy-on-write while it is read: a whole tensor is handed to JAX as the mapping
+itself (zero-copy on CPU), a shard of one is copied out of it, so only that shard's bytes
+reach host memory. Nothing stays mapped after the arrays are dropped.
 The writer lays out every file's header from the declared parameters up front, preallocates
 the files, and streams each tensor to its offset.
 """
@@ -151,17 +153,8 @@ class Reader:
             for name, file_name in weight_map.items():
                 if name not in self.params:
                     raise CheckpointError(f"{self.path / file_name}: tensor {name} is missing")
-        self._maps: dict[pathlib.Path, np.memmap] = {}
 
-    def _view(self, name: str) -> np.ndarray:
-        file, offset = self._where[name]
-        if file not in self._maps:
-            self._maps[file] = np.memmap(file, dtype=np.uint8, mode="r")
-        info = self.params[name]
-        raw = self._maps[file][offset : offset + info.nbytes]
-        return raw.view(info.dtype).reshape(info.shape)
-
-    def _mapped(self, name: str) -> np.ndarray:
+    def _mapped(self, name: str, read_ahead: bool = True) -> np.ndarray:
         """The whole tensor mapped copy-on-write from the file: no copy, no zero-filled pages.
 
         On CPU, jax.device_put aliases a 64-byte-aligned host array, so the merge kernel
@@ -175,6 +168,8 @@ class Reader:
             return np.empty(info.shape, info.dtype)
         start = offset - offset % mmap.ALLOCATIONGRANULARITY
         with open(file, "rb") as f:
+            if os.fstat(f.fileno()).st_size < offset + info.nbytes:  # shrank since opened
+                raise CheckpointError(f"{file}: tensor {name}: file ends early")
             mapping = mmap.mmap(
                 f.fileno(),
                 offset + info.nbytes - start,
@@ -182,7 +177,8 @@ class Reader:
                 prot=mmap.PROT_READ | mmap.PROT_WRITE,
                 offset=start,
             )
-        mapping.madvise(mmap.MADV_WILLNEED)  # start reading ahead now, not fault by fault
+        if read_ahead:  # the whole tensor will be read: start now, not fault by fault
+            mapping.madvise(mmap.MADV_WILLNEED)
         data = np.frombuffer(
             mapping, info.dtype, count=int(np.prod(info.shape)), offset=offset - start
         )
@@ -194,7 +190,7 @@ class Reader:
             if all(s.start == 0 and s.stop == n for s, n in zip(index, info.shape, strict=True)):
                 yield self._mapped(name)
             else:
-                yield np.array(self._view(name)[index])  # copies only this shard's bytes
+                yield np.array(self._mapped(name, read_ahead=False)[index])  # this shard only
 
     def _check(self, name: str) -> None:
         if name not in self.params:
@@ -223,7 +219,7 @@ class Reader:
         )
 
     def close(self) -> None:
-        self._maps.clear()
+        pass  # nothing stays open: each read maps and unmaps its own tensor
 
     def __enter__(self):
         return self
