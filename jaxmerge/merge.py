@@ -37,7 +37,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxmerge
-from jaxmerge import checkpoints, sharding
+from jaxmerge import checkpoints, failpoints, sharding
 from jaxmerge.errors import InputError
 from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
@@ -283,11 +283,13 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
         for i, e in enumerate(expert_arrays):
             high[i] += np.asarray(high_pass(e, base_array))
+        failpoints.hit("threshold.pass1")
     resolved = [select.resolve_digit(h, k) for h in high]
     low = np.zeros((num_experts, select.LOW_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
         for i, e in enumerate(expert_arrays):
             low[i] += np.asarray(low_pass(e, base_array, np.uint32(resolved[i][0])))
+        failpoints.hit("threshold.pass2")
     thresholds = [
         select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
         for (d, rank), h in zip(resolved, low, strict=True)
@@ -304,6 +306,23 @@ def _size_on_disk(path: pathlib.Path) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def run_key(config: MergeConfig, readers) -> str:
+    """What a re-run must share with a killed run to keep its parameters: method, settings,
+    seed, output dtype and inputs (path, format, parameter metadata)."""
+    run = {
+        "method": config.method,
+        "hparams": config.hparams(),
+        "weights": None if config.weights is None else list(config.weights),
+        "seed": config.seed,
+        "dtype": config.dtype,
+        "inputs": [
+            [role, os.path.realpath(reader.path), reader.format, _metadata_digest(reader)]
+            for role, reader in readers
+        ],
+    }
+    return hashlib.sha256(json.dumps(run, sort_keys=True).encode()).hexdigest()
 
 
 def manifest(config, plan, readers, wall_seconds: float) -> dict:
@@ -416,6 +435,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         reference=plan.reference if plan.output_format == "safetensors" else None,
         max_shard_bytes=config.max_shard_bytes,
         resume=True,
+        run_key=run_key(config, readers),
         overwrite=config.overwrite,
     )
     progress = _Progress(quiet)
@@ -435,6 +455,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 """Reads a group, the inputs of each parameter concurrently (decoding is CPU)."""
                 out = []
                 for name in group:
+                    failpoints.hit("merge.read")
                     target = merger.sharding(name)
                     inputs = [*experts, *([base] if base else [])]
                     futures = [readers_pool.submit(r.read, name, target) for r in inputs]
@@ -465,8 +486,10 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             density = hparams.get("density", hparam_defaults(spec)["density"])
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
         for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
+            failpoints.hit("merge.before_kernel")
             merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
             del expert_arrays, base_array  # donated
+            failpoints.hit("merge.after_kernel")
             writer.write(name, merged)
         wall = time.perf_counter() - start
         info = manifest(config, plan, readers, wall)
@@ -477,6 +500,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             }
         )
     finally:  # on failure the staging directory stays, for a resume
+        writer.close()  # the output lock
         progress.close()
         for _, reader in readers:
             reader.close()

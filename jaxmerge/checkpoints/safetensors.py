@@ -24,6 +24,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jaxmerge import failpoints
 from jaxmerge.checkpoints import _layout
 from jaxmerge.checkpoints._layout import Index, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -163,6 +164,7 @@ class Reader:
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
         info = self.params[name]
         for index in indices:
+            failpoints.hit("safetensors.read")
             if all(s.start == 0 and s.stop == n for s, n in zip(index, info.shape, strict=True)):
                 yield self.read_numpy(name)
             else:
@@ -250,6 +252,7 @@ class Writer:
         max_shard_bytes: int = 5 * 10**9,
         resume: bool = False,
         overwrite: bool = False,
+        run_key: str | None = None,
     ):
         for name, info in params.items():
             if info.dtype not in _NAMES:
@@ -267,6 +270,7 @@ class Writer:
         header = {
             "format": self.format,
             "params": _layout.params_header(self.params),
+            "run": run_key,
             "files": file_names,
         }
         self._staging = _layout.Staging(self.path, header, resume=resume, overwrite=overwrite)
@@ -282,6 +286,7 @@ class Writer:
                     f.write(head)
                     f.truncate(total)
                     os.fsync(f.fileno())
+                failpoints.hit("safetensors.preallocated")
             self._files.append(file)
             for name in names:
                 self._target[name] = (file, len(head) + offsets[name])
@@ -320,16 +325,20 @@ class Writer:
                 "weight_map": self._weight_map,
             }
             _layout.write_file(tmp / INDEX, json.dumps(index, indent=2).encode())
+            failpoints.hit("safetensors.index_written")
         if self.reference is not None:
             for file_name in REFERENCE_FILES:
                 if (self.reference / file_name).is_file():
                     _layout.write_file(tmp / file_name, (self.reference / file_name).read_bytes())
-        for file_name, data in (extra_files or {}).items():
-            _layout.write_file(tmp / file_name, data)
+        self._staging.write_files(extra_files)
         return self._staging.commit()
 
     def abort(self) -> None:
         self._staging.abort()
+
+    def close(self) -> None:
+        """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._staging.close()
 
 
 def _write_block(fd: int, offset: int, info: ParamInfo, index: Index, block: np.ndarray) -> None:
@@ -360,3 +369,4 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+    failpoints.hit("safetensors.pwrite")

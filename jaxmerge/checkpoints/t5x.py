@@ -28,6 +28,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from jaxmerge import failpoints
 from jaxmerge.checkpoints import _layout
 from jaxmerge.checkpoints._layout import Index, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -297,6 +298,7 @@ class Writer:
         max_shard_bytes: int = 0,
         resume: bool = False,
         overwrite: bool = False,
+        run_key: str | None = None,
         compression_level: int = 1,
     ):
         del reference, max_shard_bytes
@@ -307,6 +309,7 @@ class Writer:
         header = {
             "format": self.format,
             "params": _layout.params_header(self.params),
+            "run": run_key,
             "step": self.step,
             "compression_level": compression_level,
         }
@@ -331,10 +334,12 @@ class Writer:
         # process writes the shards it holds into chunks of its own.
         if _layout.is_primary():
             store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+            failpoints.hit("t5x.array_created")
         _layout.barrier(f"created:{where}")
         if not _layout.is_primary():
             store = _layout.ts_result(ts.open(spec, open=True, write=True), where)
         futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
+        failpoints.hit("t5x.shards_in_flight")
         for f in futures:
             _layout.ts_result(f, where)
         self._staging.mark_done(name)
@@ -352,13 +357,17 @@ class Writer:
                 chunks = json.loads(zarray.read_text())["chunks"]
                 specs[name] = spec_for(name, info, self._level, chunks)
             _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
-            for file_name, data in (extra_files or {}).items():
-                _layout.write_file(self._staging.tmp / file_name, data)
+            failpoints.hit("t5x.msgpack_written")
+            self._staging.write_files(extra_files)
         self._staging.commit()
         return self.path
 
     def abort(self) -> None:
         self._staging.abort()
+
+    def close(self) -> None:
+        """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._staging.close()
 
 
 def is_t5x_dir(path: pathlib.Path) -> bool:
