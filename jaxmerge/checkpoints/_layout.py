@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import fcntl
 import json
+import math
 import os
 import pathlib
 import re
@@ -55,7 +56,27 @@ class ParamInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
+
+
+# Shapes a file may claim: numpy takes at most 64 dimensions and refuses a product of the
+# dimensions (zeros aside) past its address space; no real parameter comes near these.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**48
+
+
+def parse_shape(shape, where: str) -> tuple[int, ...]:
+    """A shape read from a file: at most MAX_RANK non-negative integers whose product
+    (counting a 0 as 1) is at most MAX_ELEMENTS; else CheckpointError."""
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise CheckpointError(f"{where}: shape has {len(shape)} dimensions (at most {MAX_RANK})")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise CheckpointError(f"{where}: shape {list(shape)} is implausibly large")
+    return tuple(shape)
 
 
 # Dtypes a checkpoint may hold; anything else is refused with a CheckpointError.
@@ -85,6 +106,14 @@ def parse_dtype(name: str, where: str) -> np.dtype:
     if dtype not in SUPPORTED_DTYPES:
         raise CheckpointError(f"{where}: unsupported dtype {name!r}")
     return dtype
+
+
+def parse_step(value, where: str) -> int:
+    """A training step stored as an array: one integer element, else CheckpointError."""
+    value = np.asarray(value)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+        raise CheckpointError(f"{where}: step is {value.dtype.name}{list(value.shape)}, not an int")
+    return int(value.reshape(-1)[0])
 
 
 def normalize_index(index: Index, shape: Sequence[int]) -> Index:
@@ -394,6 +423,19 @@ def params_header(params: dict[str, ParamInfo]) -> dict:
 READ_CACHE_BYTES = 256 << 20
 # Shard reads a reader keeps in flight at once (at least one shard, whatever its size).
 READ_WINDOW_BYTES = 256 << 20
+# Chunks larger than their array are refused past this size (writers divide the shape).
+MAX_CHUNK_BYTES = 64 << 20
+
+
+def free_memory() -> int:
+    """MemAvailable from /proc/meminfo, else physical memory."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def read_context(cache_bytes: int = 0, **extra) -> ts.Context:
@@ -426,7 +468,15 @@ class TsArrays:
         self._specs[name] = spec
         return ts.open(spec, open=True, read=True, context=self._plain)
 
-    def add(self, name: str, store: ts.TensorStore) -> None:
+    def add(self, name: str, store: ts.TensorStore, where: str) -> None:
+        """Keeps an opened array, unless its chunks claim far more than the array holds (a
+        chunk is decoded whole: a corrupt claim would exhaust memory, and TensorStore aborts)."""
+        itemsize = store.dtype.numpy_dtype.itemsize
+        chunk = list(store.chunk_layout.read_chunk.shape)
+        if math.prod(chunk) * itemsize > max(math.prod(store.shape) * itemsize, MAX_CHUNK_BYTES):
+            raise CheckpointError(
+                f"{where}: chunks {chunk} are larger than the array {list(store.shape)}"
+            )
         self._stores[name] = store
 
     def read(self, name: str, indices: list[Index], where: str) -> Iterator[np.ndarray]:
@@ -442,7 +492,12 @@ class TsArrays:
         pending: deque = deque()
         in_flight = 0
         for index in indices:
-            nbytes = itemsize * int(np.prod([s.stop - s.start for s in index], dtype=np.int64))
+            nbytes = itemsize * math.prod(s.stop - s.start for s in index)
+            if nbytes > free_memory():  # TensorStore aborts the process when it cannot allocate
+                raise CheckpointError(
+                    f"{where}: reading {nbytes} bytes needs more memory than is free "
+                    f"({free_memory()} bytes)"
+                )
             while pending and in_flight + nbytes > READ_WINDOW_BYTES:
                 future, done_bytes = pending.popleft()
                 in_flight -= done_bytes

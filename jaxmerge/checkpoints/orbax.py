@@ -127,10 +127,10 @@ class Reader:
             except (KeyError, TypeError):
                 try:
                     keys = tuple(str(k) for k in ast.literal_eval(key_repr))
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     raise CheckpointError(f"{meta_file}: malformed tree entry {key_repr}") from None
                 value_type = "np.ndarray"
-            if value_type in _ARRAY_TYPES:
+            if isinstance(value_type, str) and value_type in _ARRAY_TYPES:
                 leaves[keys] = value_type
         prefix: tuple[str, ...] = ()
         top = {k[0] for k in leaves if k}
@@ -154,7 +154,7 @@ class Reader:
             where = f"{directory}: parameter {name}"
             store = _layout.ts_result(future, where)
             dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
-            self._arrays.add(name, store)
+            self._arrays.add(name, store, where)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
         self.step = _step_from_dir_name(directory)
@@ -166,7 +166,7 @@ class Reader:
                 }
                 where = f"{directory}: {'/'.join(keys)}"
                 store = _layout.ts_result(self._arrays.open("/".join(keys), spec), where)
-                self.step = int(_layout.ts_result(store.read(), where))
+                self.step = _layout.parse_step(_layout.ts_result(store.read(), where), where)
                 break
 
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:

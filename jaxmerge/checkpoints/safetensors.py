@@ -86,8 +86,10 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing safetensors file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: header is not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, RecursionError) as e:  # not UTF-8; nested past Python's limit
+        raise CheckpointError(f"{file}: header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: header is not a JSON object")
     header.pop("__metadata__", None)
@@ -99,9 +101,11 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
             dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{file}: tensor {name}: malformed header entry") from None
-        if dtype_name not in _DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise CheckpointError(f"{file}: tensor {name}: unsupported dtype {dtype_name!r}")
-        info = ParamInfo(tuple(shape), _DTYPES[dtype_name])
+        info = ParamInfo(_layout.parse_shape(shape, f"{file}: tensor {name}"), _DTYPES[dtype_name])
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)):
+            raise CheckpointError(f"{file}: tensor {name}: data_offsets are not integers")
         if not 0 <= begin <= end or end > data_bytes:
             raise CheckpointError(
                 f"{file}: tensor {name}: data_offsets [{begin}, {end}] run past the end of the "
@@ -127,9 +131,14 @@ class Reader:
         index = self.path / INDEX
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                weight_map = json.loads(index.read_bytes())["weight_map"]
+            except (ValueError, KeyError, TypeError, RecursionError):  # ValueError: JSON, UTF-8
                 raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) and f and pathlib.PurePath(f).name == f
+                for f in weight_map.values()
+            ):
+                raise CheckpointError(f"{index}: weight_map is not {{tensor: file name}}")
             files = list(dict.fromkeys(weight_map.values()))
         elif (self.path / SINGLE).is_file():
             weight_map, files = None, [SINGLE]
