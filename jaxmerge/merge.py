@@ -39,7 +39,7 @@ import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxmerge
-from jaxmerge import checkpoints, preflight, sharding
+from jaxmerge import checkpoints, failpoints, preflight, sharding
 from jaxmerge.errors import InputError, writing
 from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
@@ -332,11 +332,13 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
         for i, e in enumerate(expert_arrays):
             high[i] += np.asarray(high_pass(e, base_array))
+        failpoints.hit("threshold.pass1")
     resolved = [select.resolve_digit(h, k) for h in high]
     low = np.zeros((num_experts, select.LOW_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
         for i, e in enumerate(expert_arrays):
             low[i] += np.asarray(low_pass(e, base_array, np.uint32(resolved[i][0])))
+        failpoints.hit("threshold.pass2")
     thresholds = [
         select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
         for (d, rank), h in zip(resolved, low, strict=True)
@@ -463,7 +465,8 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             step=plan.step,
             reference=plan.reference if plan.output_format == "safetensors" else None,
             max_shard_bytes=config.max_shard_bytes,
-            resume=run_key(config, readers),  # resumes only a killed run of this same merge
+            resume=True,
+            run_key=run_key(config, readers),  # resumes only a killed run of this same merge
             overwrite=config.overwrite,
         )
     progress = _Progress(quiet)
@@ -491,6 +494,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 """Reads a group, the inputs of each parameter concurrently (decoding is CPU)."""
                 out = []
                 for name in group:
+                    failpoints.hit("merge.read")
                     target = merger.sharding(name)
                     inputs = [*experts, *([base] if base else [])]
 
@@ -536,8 +540,10 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
 
         with WriteBehind(write, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
             for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
+                failpoints.hit("merge.before_kernel")
                 merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
                 del expert_arrays, base_array  # donated
+                failpoints.hit("merge.after_kernel")
                 out.write(name, merged)
                 del merged
         wall = time.perf_counter() - start
@@ -550,6 +556,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 }
             )
     finally:  # on failure the staging directory stays, for a resume
+        writer.close()  # the output lock
         progress.close()
         for _, reader in readers:
             reader.close()

@@ -7,8 +7,9 @@ Formats (see docs/checkpoints.md):
 
 Every Reader has the same surface: `path`, `format`, `step`, `params` (name -> ParamInfo, sorted
 by name for t5x/orbax, file order for safetensors), `read(name, sharding)`, `read_numpy(name)`,
-`close()`; `read_sample(reader, name)` reads a small block of one parameter. Every
-Writer: `path`, `done`, `write(name, array)`, `finalize(extra_files)`, `abort()`.
+`close()`; `read_sample(reader, name)` reads a small block of one parameter. Every Writer:
+`path`, `done`, `write(name, array)`, `finalize(extra_files)`, `abort()`, `close()` (releases
+the output lock after a failure; what is written stays for a resume).
 """
 
 from __future__ import annotations
@@ -132,14 +133,15 @@ def create(
     step: int = 0,
     reference=None,
     max_shard_bytes: int = 5 * 10**9,
-    resume: bool | str = False,
+    resume: bool = False,
     overwrite: bool = False,
+    run_key: str | None = None,
 ) -> Writer:
     """A Writer that will produce `path` (t5x/orbax: path/checkpoint_<step>/; safetensors: path/).
 
     Data goes to the temporary sibling `path.jaxmerge-tmp/` until finalize(); resume=True keeps
-    the parameters a killed run with the same arguments already wrote (`writer.done`); a string
-    `resume` names the run too, so only a killed run with the same name is resumed.
+    the parameters a killed run with the same arguments and `run_key` already wrote
+    (`writer.done`). Only one writer of `path` at a time: another gets a CheckpointError.
     """
     if format not in FORMATS:
         raise CheckpointError(f"{path}: unknown checkpoint format {format!r}; one of {FORMATS}")
@@ -156,4 +158,5 @@ def create(
         max_shard_bytes=max_shard_bytes,
         resume=resume,
         overwrite=overwrite,
+        run_key=run_key,
     )

@@ -7,17 +7,22 @@ for it (sharding=None).
 
 Writers write into `Staging`: a temporary sibling `OUT.jaxmerge-tmp/` with a journal; a
 parameter is durable (data fsync'd, journal line fsync'd) when `write` returns, so a killed run
-resumes; `commit` renames the sibling into place, so nothing half-written looks finished.
+resumes; `commit` renames the sibling into place, so nothing half-written looks finished. An
+`OutputLock` (`OUT.jaxmerge-lock`, flock) keeps a second writer of the same OUT out; the kernel
+releases it when its holder dies, so a killed run's re-run takes it over.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import json
+import math
 import os
 import pathlib
 import re
 import shutil
+import socket
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 
@@ -27,12 +32,14 @@ import numpy as np
 import tensorstore as ts
 from jax.experimental import multihost_utils
 
+from jaxmerge import failpoints
 from jaxmerge.errors import CheckpointError
 
 Index = tuple[slice, ...]
 
 TMP_SUFFIX = ".jaxmerge-tmp"
 OLD_SUFFIX = ".jaxmerge-old"
+LOCK_SUFFIX = ".jaxmerge-lock"
 JOURNAL = ".jaxmerge-journal.jsonl"
 
 
@@ -49,7 +56,27 @@ class ParamInfo:
 
     @property
     def nbytes(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+        return math.prod(self.shape) * self.dtype.itemsize  # Python ints: no overflow
+
+
+# Shapes a file may claim: numpy takes at most 64 dimensions and refuses a product of the
+# dimensions (zeros aside) past its address space; no real parameter comes near these.
+MAX_RANK = 32
+MAX_ELEMENTS = 2**48
+
+
+def parse_shape(shape, where: str) -> tuple[int, ...]:
+    """A shape read from a file: at most MAX_RANK non-negative integers whose product
+    (counting a 0 as 1) is at most MAX_ELEMENTS; else CheckpointError."""
+    if not isinstance(shape, list | tuple) or not all(
+        isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape
+    ):
+        raise CheckpointError(f"{where}: shape {shape!r} is not a list of non-negative integers")
+    if len(shape) > MAX_RANK:
+        raise CheckpointError(f"{where}: shape has {len(shape)} dimensions (at most {MAX_RANK})")
+    if math.prod(max(d, 1) for d in shape) > MAX_ELEMENTS:
+        raise CheckpointError(f"{where}: shape {list(shape)} is implausibly large")
+    return tuple(shape)
 
 
 # Dtypes a checkpoint may hold; anything else is refused with a CheckpointError.
@@ -79,6 +106,14 @@ def parse_dtype(name: str, where: str) -> np.dtype:
     if dtype not in SUPPORTED_DTYPES:
         raise CheckpointError(f"{where}: unsupported dtype {name!r}")
     return dtype
+
+
+def parse_step(value, where: str) -> int:
+    """A training step stored as an array: one integer element, else CheckpointError."""
+    value = np.asarray(value)
+    if value.size != 1 or not np.issubdtype(value.dtype, np.integer):
+        raise CheckpointError(f"{where}: step is {value.dtype.name}{list(value.shape)}, not an int")
+    return int(value.reshape(-1)[0])
 
 
 def normalize_index(index: Index, shape: Sequence[int]) -> Index:
@@ -204,41 +239,109 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
+class OutputLock:
+    """An exclusive flock on `OUT.jaxmerge-lock`: one writer of OUT at a time, on this host
+    or another (a local filesystem, or one with working flock).
+
+    The file names its holder for the refusal message, and is removed on release. A process
+    that locked a file just removed finds another inode (or none) at the path and tries again,
+    so two holders never coexist. A holder killed with SIGKILL loses the lock with its life.
+    """
+
+    def __init__(self, out: pathlib.Path):
+        self.path = out.with_name(out.name + LOCK_SUFFIX)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        while True:
+            file = open(self.path, "a+")  # noqa: SIM115 - held until release()
+            try:
+                fcntl.flock(file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                file.seek(0)
+                holder = file.read().strip() or "holder not yet named"
+                file.close()
+                raise CheckpointError(
+                    f"{out}: another merge is writing this output ({holder}; lock {self.path})"
+                ) from None
+            try:
+                if os.stat(self.path).st_ino == os.fstat(file.fileno()).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            file.close()
+        file.truncate(0)
+        file.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        file.flush()
+        self._file = file
+
+    def release(self) -> None:
+        if self._file is not None:
+            self.path.unlink(missing_ok=True)  # before closing: nobody else holds it yet
+            self._file.close()
+            self._file = None
+
+
+def remove_stale_lock(out: pathlib.Path) -> None:
+    """Removes OUT's lock file if nobody holds it (left by a writer killed after its commit)."""
+    try:
+        lock = OutputLock(pathlib.Path(out).absolute())
+    except (CheckpointError, OSError):
+        return  # held by a running merge, or not ours to touch
+    lock.release()
+
+
 class Staging:
     """The temporary sibling `OUT.jaxmerge-tmp/` a writer fills, its journal, and the commit.
 
     The journal's first line records what the run writes (format, parameters, step, options);
     each later line names one parameter that is durably written. `resume=True` keeps a partial
-    run whose first line matches; anything else starts from an empty directory. `resume` may
-    also be a string naming the run (e.g. a digest of the merge's method, hyperparameters and
-    inputs): it joins the first line, so a partial run of a different merge is not resumed.
+    run whose first line matches; anything else starts from an empty directory. The writer
+    holds the OutputLock from here until commit, abort or close.
 
     With several processes (a shared filesystem, as T5X assumes), every process writes its
-    own shards; process 0 alone creates and renames directories and keeps the journal, and a
-    parameter is journaled only after every process has written its part.
+    own shards; process 0 alone locks, creates and renames directories and keeps the journal,
+    and a parameter is journaled only after every process has written its part.
     """
 
-    def __init__(self, out: pathlib.Path, header: dict, *, resume: bool | str, overwrite: bool):
+    def __init__(self, out: pathlib.Path, header: dict, *, resume: bool, overwrite: bool):
         self.out = pathlib.Path(out).absolute()
-        if isinstance(resume, str):
-            header = {**header, "run": resume}
         self.tmp = self.out.with_name(self.out.name + TMP_SUFFIX)
+        self.header = json.loads(json.dumps(header))  # what the journal will hold
+        self._journal = None
+        self._lock = OutputLock(self.out) if is_primary() else None
+        try:
+            self._open(resume, overwrite)
+        except BaseException:
+            self.close()
+            raise
+        barrier(f"staging:{self.out}")
+        self.done: set[str] = self._read_done()
+
+    def _open(self, resume: bool, overwrite: bool) -> None:
+        if is_primary():
+            self._undo_half_commit()
         if self.out.exists() and not overwrite:
             if not self.out.is_dir() or any(self.out.iterdir()):
                 raise CheckpointError(
                     f"{self.out}: output exists and is not empty (overwrite=True replaces it)"
                 )
-        self.header = json.loads(json.dumps(header))  # what the journal will hold
-        self._journal = None
         if is_primary():
             if not (resume and self._read_done()) and self.tmp.exists():
                 shutil.rmtree(self.tmp)
             if not self.tmp.exists():
                 self.tmp.mkdir(parents=True)
+                failpoints.hit("staging.created")
                 self._append(self.header)
-            self._journal = open(self.tmp / JOURNAL, "a")  # noqa: SIM115 - closed in commit
-        barrier(f"staging:{self.out}")
-        self.done: set[str] = self._read_done()
+            self._journal = open(self.tmp / JOURNAL, "a")  # noqa: SIM115 - closed in close()
+
+    def _undo_half_commit(self) -> None:
+        """A commit killed between its renames left the old output aside: put it back (the
+        staged one, its journal gone, is redone); one killed after them left it to remove."""
+        old = self.out.with_name(self.out.name + OLD_SUFFIX)
+        if old.exists():
+            if self.out.exists():
+                shutil.rmtree(old)
+            else:
+                old.rename(self.out)
 
     def _read_done(self) -> set[str]:
         """Names journaled under a header equal to ours; empty if none or another run's."""
@@ -263,36 +366,61 @@ class Staging:
     def mark_done(self, name: str) -> None:
         """Call on every process once its part of `name` is fsync'd."""
         barrier(f"written:{self.out}:{name}")
+        failpoints.hit("journal.before_append")
         if self._journal is not None:
             self._journal.write(json.dumps({"done": name}) + "\n")
             self._journal.flush()
             os.fsync(self._journal.fileno())
+        failpoints.hit("journal.after_append")
         self.done.add(name)
+
+    def write_files(self, files: dict[str, bytes] | None) -> None:
+        """Writes small files (manifest.json, config.gin) at the top of the staged output."""
+        failpoints.hit("finalize.before_extra_files")
+        for file_name, data in (files or {}).items():
+            write_file(self.tmp / file_name, data)
+        failpoints.hit("finalize.after_extra_files")
 
     def commit(self) -> pathlib.Path:
         """Removes the journal, fsyncs, renames the sibling onto OUT (replacing an old OUT)."""
         barrier(f"finalize:{self.out}")
         if is_primary():
+            failpoints.hit("commit.begin")
             self._journal.close()
             (self.tmp / JOURNAL).unlink()
             fsync_dir(self.tmp)
+            failpoints.hit("commit.journal_removed")
             old = self.out.with_name(self.out.name + OLD_SUFFIX)
             if self.out.exists():
                 if old.exists():
                     shutil.rmtree(old)
                 self.out.rename(old)
+                failpoints.hit("commit.old_moved")
             self.tmp.rename(self.out)
             fsync_dir(self.out.parent)
+            failpoints.hit("commit.renamed")
             if old.exists():
                 shutil.rmtree(old)
+            failpoints.hit("commit.done")
         barrier(f"committed:{self.out}")
+        self.close()
         return self.out
 
+    def close(self) -> None:
+        """Releases the journal and the lock; a staging directory stays for a resume."""
+        if self._journal is not None and not self._journal.closed:
+            self._journal.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
     def abort(self) -> None:
+        """Removes the staging directory and releases the lock."""
         if self._journal is not None and not self._journal.closed:
             self._journal.close()
         if is_primary() and self.tmp.exists():
             shutil.rmtree(self.tmp)
+        self.close()
 
 
 def params_header(params: dict[str, ParamInfo]) -> dict:
@@ -304,6 +432,19 @@ def params_header(params: dict[str, ParamInfo]) -> dict:
 READ_CACHE_BYTES = 256 << 20
 # Shard reads a reader keeps in flight at once (at least one shard, whatever its size).
 READ_WINDOW_BYTES = 256 << 20
+# Chunks larger than their array are refused past this size (writers divide the shape).
+MAX_CHUNK_BYTES = 64 << 20
+
+
+def free_memory() -> int:
+    """MemAvailable from /proc/meminfo, else physical memory."""
+    try:
+        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def read_context(cache_bytes: int = 0, **extra) -> ts.Context:
@@ -336,7 +477,15 @@ class TsArrays:
         self._specs[name] = spec
         return ts.open(spec, open=True, read=True, context=self._plain)
 
-    def add(self, name: str, store: ts.TensorStore) -> None:
+    def add(self, name: str, store: ts.TensorStore, where: str) -> None:
+        """Keeps an opened array, unless its chunks claim far more than the array holds (a
+        chunk is decoded whole: a corrupt claim would exhaust memory, and TensorStore aborts)."""
+        itemsize = store.dtype.numpy_dtype.itemsize
+        chunk = list(store.chunk_layout.read_chunk.shape)
+        if math.prod(chunk) * itemsize > max(math.prod(store.shape) * itemsize, MAX_CHUNK_BYTES):
+            raise CheckpointError(
+                f"{where}: chunks {chunk} are larger than the array {list(store.shape)}"
+            )
         self._stores[name] = store
 
     def read(self, name: str, indices: list[Index], where: str) -> Iterator[np.ndarray]:
@@ -352,11 +501,17 @@ class TsArrays:
         pending: deque = deque()
         in_flight = 0
         for index in indices:
-            nbytes = itemsize * int(np.prod([s.stop - s.start for s in index], dtype=np.int64))
+            nbytes = itemsize * math.prod(s.stop - s.start for s in index)
+            if nbytes > free_memory():  # TensorStore aborts the process when it cannot allocate
+                raise CheckpointError(
+                    f"{where}: reading {nbytes} bytes needs more memory than is free "
+                    f"({free_memory()} bytes)"
+                )
             while pending and in_flight + nbytes > READ_WINDOW_BYTES:
                 future, done_bytes = pending.popleft()
                 in_flight -= done_bytes
                 yield ts_result(future, where)
+            failpoints.hit("tensorstore.read")
             pending.append((store[index].read(), nbytes))
             in_flight += nbytes
         while pending:

@@ -30,6 +30,7 @@ import jax
 import numpy as np
 import tensorstore as ts
 
+from jaxmerge import failpoints
 from jaxmerge.checkpoints import _layout
 from jaxmerge.checkpoints._layout import Index, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -126,10 +127,10 @@ class Reader:
             except (KeyError, TypeError):
                 try:
                     keys = tuple(str(k) for k in ast.literal_eval(key_repr))
-                except (ValueError, SyntaxError):
+                except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
                     raise CheckpointError(f"{meta_file}: malformed tree entry {key_repr}") from None
                 value_type = "np.ndarray"
-            if value_type in _ARRAY_TYPES:
+            if isinstance(value_type, str) and value_type in _ARRAY_TYPES:
                 leaves[keys] = value_type
         prefix: tuple[str, ...] = ()
         top = {k[0] for k in leaves if k}
@@ -153,7 +154,7 @@ class Reader:
             where = f"{directory}: parameter {name}"
             store = _layout.ts_result(future, where)
             dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
-            self._arrays.add(name, store)
+            self._arrays.add(name, store, where)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
         self.step = _step_from_dir_name(directory)
@@ -165,7 +166,7 @@ class Reader:
                 }
                 where = f"{directory}: {'/'.join(keys)}"
                 store = _layout.ts_result(self._arrays.open("/".join(keys), spec), where)
-                self.step = int(_layout.ts_result(store.read(), where))
+                self.step = _layout.parse_step(_layout.ts_result(store.read(), where), where)
                 break
 
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
@@ -232,8 +233,9 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 0,
-        resume: bool | str = False,
+        resume: bool = False,
         overwrite: bool = False,
+        run_key: str | None = None,
         compression: str | None = "zstd",
     ):
         del reference, max_shard_bytes
@@ -250,6 +252,7 @@ class Writer:
         header = {
             "format": self.format,
             "params": _layout.params_header(self.params),
+            "run": run_key,
             "step": self.step,
             "compression": compression,
         }
@@ -278,7 +281,9 @@ class Writer:
         store = _layout.ts_result(
             ts.open(spec, create=True, delete_existing=True, context=self._context), where
         )
+        failpoints.hit("orbax.array_created")
         futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
+        failpoints.hit("orbax.shards_in_flight")
         for f in futures:
             _layout.ts_result(f, where)
 
@@ -299,8 +304,10 @@ class Writer:
             )
         step = np.asarray(self.step, np.int32)
         self._write_leaf("state.step", ParamInfo((), step.dtype), step, f"{self.path}: state/step")
+        failpoints.hit("orbax.step_written")
         meta = pytree_metadata(self.params)
         _layout.write_file(self._dir / METADATA, json.dumps(meta).encode())
+        failpoints.hit("orbax.metadata_written")
         now = time.time_ns()
         step_meta = {
             "item_handlers": {STATE: _HANDLER},
@@ -311,13 +318,16 @@ class Writer:
             "custom_metadata": {},
         }
         _layout.write_file(self._step_dir / CHECKPOINT_METADATA, json.dumps(step_meta).encode())
-        for file_name, data in (extra_files or {}).items():
-            _layout.write_file(self._staging.tmp / file_name, data)
+        self._staging.write_files(extra_files)
         self._staging.commit()
         return self.path
 
     def abort(self) -> None:
         self._staging.abort()
+
+    def close(self) -> None:
+        """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._staging.close()
 
 
 def _zarr_dtype(dtype: np.dtype) -> str:

@@ -27,6 +27,7 @@ import jax
 import ml_dtypes
 import numpy as np
 
+from jaxmerge import failpoints
 from jaxmerge.checkpoints import _layout
 from jaxmerge.checkpoints._layout import Index, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -88,8 +89,10 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
             header = json.loads(f.read(n))
     except FileNotFoundError:
         raise CheckpointError(f"{file}: missing safetensors file") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    except json.JSONDecodeError as e:
         raise CheckpointError(f"{file}: header is not valid JSON ({e.msg})") from None
+    except (UnicodeDecodeError, RecursionError) as e:  # not UTF-8; nested past Python's limit
+        raise CheckpointError(f"{file}: header is not valid JSON ({type(e).__name__})") from None
     if not isinstance(header, dict):
         raise CheckpointError(f"{file}: header is not a JSON object")
     header.pop("__metadata__", None)
@@ -101,9 +104,11 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
             dtype_name, shape, (begin, end) = entry["dtype"], entry["shape"], entry["data_offsets"]
         except (KeyError, TypeError, ValueError):
             raise CheckpointError(f"{file}: tensor {name}: malformed header entry") from None
-        if dtype_name not in _DTYPES:
+        if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise CheckpointError(f"{file}: tensor {name}: unsupported dtype {dtype_name!r}")
-        info = ParamInfo(tuple(shape), _DTYPES[dtype_name])
+        info = ParamInfo(_layout.parse_shape(shape, f"{file}: tensor {name}"), _DTYPES[dtype_name])
+        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)):
+            raise CheckpointError(f"{file}: tensor {name}: data_offsets are not integers")
         if not 0 <= begin <= end or end > data_bytes:
             raise CheckpointError(
                 f"{file}: tensor {name}: data_offsets [{begin}, {end}] run past the end of the "
@@ -129,9 +134,14 @@ class Reader:
         index = self.path / INDEX
         if index.is_file():
             try:
-                weight_map = json.loads(index.read_text())["weight_map"]
-            except (json.JSONDecodeError, KeyError, TypeError):
+                weight_map = json.loads(index.read_bytes())["weight_map"]
+            except (ValueError, KeyError, TypeError, RecursionError):  # ValueError: JSON, UTF-8
                 raise CheckpointError(f"{index}: not a safetensors index (no weight_map)") from None
+            if not isinstance(weight_map, dict) or not all(
+                isinstance(f, str) and f and pathlib.PurePath(f).name == f
+                for f in weight_map.values()
+            ):
+                raise CheckpointError(f"{index}: weight_map is not {{tensor: file name}}")
             files = list(dict.fromkeys(weight_map.values()))
         elif (self.path / SINGLE).is_file():
             weight_map, files = None, [SINGLE]
@@ -187,6 +197,7 @@ class Reader:
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
         info = self.params[name]
         for index in indices:
+            failpoints.hit("safetensors.read")
             if all(s.start == 0 and s.stop == n for s, n in zip(index, info.shape, strict=True)):
                 yield self._mapped(name)
             else:
@@ -274,8 +285,9 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 5 * 10**9,
-        resume: bool | str = False,
+        resume: bool = False,
         overwrite: bool = False,
+        run_key: str | None = None,
     ):
         for name, info in params.items():
             if info.dtype not in _NAMES:
@@ -293,6 +305,7 @@ class Writer:
         header = {
             "format": self.format,
             "params": _layout.params_header(self.params),
+            "run": run_key,
             "files": file_names,
         }
         self._staging = _layout.Staging(self.path, header, resume=resume, overwrite=overwrite)
@@ -308,6 +321,7 @@ class Writer:
                     f.write(head)
                     f.truncate(total)
                     os.fsync(f.fileno())
+                failpoints.hit("safetensors.preallocated")
             self._files.append(file)
             for name in names:
                 self._target[name] = (file, len(head) + offsets[name])
@@ -346,16 +360,20 @@ class Writer:
                 "weight_map": self._weight_map,
             }
             _layout.write_file(tmp / INDEX, json.dumps(index, indent=2).encode())
+            failpoints.hit("safetensors.index_written")
         if self.reference is not None:
             for file_name in REFERENCE_FILES:
                 if (self.reference / file_name).is_file():
                     _layout.write_file(tmp / file_name, (self.reference / file_name).read_bytes())
-        for file_name, data in (extra_files or {}).items():
-            _layout.write_file(tmp / file_name, data)
+        self._staging.write_files(extra_files)
         return self._staging.commit()
 
     def abort(self) -> None:
         self._staging.abort()
+
+    def close(self) -> None:
+        """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._staging.close()
 
 
 def _write_block(fd: int, offset: int, info: ParamInfo, index: Index, block: np.ndarray) -> None:
@@ -386,3 +404,4 @@ def _pwrite_all(fd: int, data: np.ndarray, offset: int) -> None:
     while view:
         n = os.pwrite(fd, view, offset)
         view, offset = view[n:], offset + n
+    failpoints.hit("safetensors.pwrite")

@@ -20,6 +20,7 @@ shape must agree).
 from __future__ import annotations
 
 import json
+import math
 import pathlib
 from collections.abc import Iterator
 
@@ -28,6 +29,7 @@ import msgpack
 import numpy as np
 import tensorstore as ts
 
+from jaxmerge import failpoints
 from jaxmerge.checkpoints import _layout
 from jaxmerge.checkpoints._layout import Index, ParamInfo
 from jaxmerge.errors import CheckpointError
@@ -57,13 +59,17 @@ def _ext_hook(code, data):
 
 def _inline_to_numpy(leaf: _Inline, where: str) -> np.ndarray:
     dtype = _layout.parse_dtype(leaf.dtype_name, where)
-    count = int(np.prod(leaf.shape, dtype=np.int64))
+    shape = _layout.parse_shape(leaf.shape, where)
+    if not isinstance(leaf.data, bytes):
+        kind = type(leaf.data).__name__
+        raise CheckpointError(f"{where}: inline array data is {kind}, not bytes")
+    count = math.prod(shape)
     if len(leaf.data) != count * dtype.itemsize:
         raise CheckpointError(
             f"{where}: inline array holds {len(leaf.data)} bytes, "
             f"{dtype.name}{list(leaf.shape)} needs {count * dtype.itemsize}"
         )
-    return np.frombuffer(leaf.data, dtype).reshape(leaf.shape)
+    return np.frombuffer(leaf.data, dtype).reshape(shape)
 
 
 def _is_spec(node) -> bool:
@@ -141,7 +147,7 @@ class Reader:
                 raise CheckpointError(
                     f"{where}: zarr array has dtype {dtype.name}, the msgpack says {expected_dtype}"
                 )
-            self._arrays.add(name, store)
+            self._arrays.add(name, store, where)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
         self.step = self._read_step(optimizer.get("state"))
@@ -151,12 +157,12 @@ class Reader:
         step = state.get("step") if isinstance(state, dict) else None
         where = f"{self._file}: state/step"
         if isinstance(step, _Inline):
-            return int(_inline_to_numpy(step, where))
+            return _layout.parse_step(_inline_to_numpy(step, where), where)
         if isinstance(step, int):
             return step
         if _is_spec(step):
             store = _layout.ts_result(self._open_spec("state/step", step, where)[0], where)
-            return int(_layout.ts_result(store.read(), where))
+            return _layout.parse_step(_layout.ts_result(store.read(), where), where)
         return None
 
     def _open_spec(self, name: str, spec: dict, where: str):
@@ -172,6 +178,7 @@ class Reader:
         shape = metadata.get("shape")
         if shape is None:
             raise CheckpointError(f"{where}: tensorstore spec has no metadata.shape")
+        shape = _layout.parse_shape(shape, where)
         # As T5X does: trust the array's own .zarray for chunks and compression.
         metadata.pop("chunks", None)
         metadata.pop("compressor", None)
@@ -236,6 +243,9 @@ def _unchunk(leaf: dict, where: str) -> np.ndarray:
         ]
     except (KeyError, TypeError):
         raise CheckpointError(f"{where}: malformed chunked inline array") from None
+    shape = _layout.parse_shape(shape, where)
+    if not chunks or sum(c.size for c in chunks) != math.prod(shape):
+        raise CheckpointError(f"{where}: chunked inline array does not fill its shape {shape}")
     return np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape)
 
 
@@ -295,8 +305,9 @@ class Writer:
         step: int = 0,
         reference=None,
         max_shard_bytes: int = 0,
-        resume: bool | str = False,
+        resume: bool = False,
         overwrite: bool = False,
+        run_key: str | None = None,
         compression_level: int = 1,
     ):
         del reference, max_shard_bytes
@@ -307,6 +318,7 @@ class Writer:
         header = {
             "format": self.format,
             "params": _layout.params_header(self.params),
+            "run": run_key,
             "step": self.step,
             "compression_level": compression_level,
         }
@@ -331,10 +343,12 @@ class Writer:
         # process writes the shards it holds into chunks of its own.
         if _layout.is_primary():
             store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+            failpoints.hit("t5x.array_created")
         _layout.barrier(f"created:{where}")
         if not _layout.is_primary():
             store = _layout.ts_result(ts.open(spec, open=True, write=True), where)
         futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
+        failpoints.hit("t5x.shards_in_flight")
         for f in futures:
             _layout.ts_result(f, where)
         self._staging.mark_done(name)
@@ -352,13 +366,17 @@ class Writer:
                 chunks = json.loads(zarray.read_text())["chunks"]
                 specs[name] = spec_for(name, info, self._level, chunks)
             _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
-            for file_name, data in (extra_files or {}).items():
-                _layout.write_file(self._staging.tmp / file_name, data)
+            failpoints.hit("t5x.msgpack_written")
+            self._staging.write_files(extra_files)
         self._staging.commit()
         return self.path
 
     def abort(self) -> None:
         self._staging.abort()
+
+    def close(self) -> None:
+        """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._staging.close()
 
 
 def is_t5x_dir(path: pathlib.Path) -> bool:
