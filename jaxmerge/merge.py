@@ -2,6 +2,7 @@
 
     paths ─► checkpoints.open ─► plan (names, shapes, dtypes agree; before any heavy work)
           ─► [ties, trim=global] two streaming histogram passes → exact per-expert thresholds
+             ([ties, trim=tensor] the same two passes per parameter, in memory)
           ─► per parameter: base + K experts read straight into their NamedSharding
              → jit(method)(experts, base, key, thresholds), inputs donated
              → writer.write(name, merged)      (on its own thread; the next parameters
@@ -236,21 +237,23 @@ class Merger:
             self._kernels[out_dtype] = jax.jit(merge, donate_argnums=(0, 1))
         return self._kernels[out_dtype]
 
-    def merge(self, name: str, experts: list, base, block_bytes: int | None = None):
+    def merge(
+        self, name: str, experts: list, base, block_bytes: int | None = None, thresholds=None
+    ):
         """Merges one parameter; in row blocks if its float32 working set exceeds block_bytes.
 
-        Only for elementwise methods (with TIES, once the whole-model thresholds are
-        known): each block's result is exactly the rows of the whole tensor's.
+        Only for elementwise methods (with TIES, once the thresholds are known: the whole
+        model's, or this tensor's given as `thresholds`): each block's result is exactly
+        the rows of the whole tensor's.
         """
+        thresholds = self.thresholds if thresholds is None else thresholds
         key = parameter_key(self.config.seed, name) if self.spec.random else None
         kernel = self.kernel(self.plan.params[name].dtype)
         shape = self.plan.params[name].shape
         working = int(np.prod(shape)) * 4 * (len(experts) + 3)  # float32 temporaries
-        blockwise = self.spec.elementwise and (
-            not self.spec.global_trim or self.thresholds is not None
-        )
+        blockwise = self.spec.elementwise and (not self.spec.global_trim or thresholds is not None)
         if not blockwise or block_bytes is None or working <= block_bytes or len(shape) < 2:
-            return kernel(experts, base, self.weights, key, self.thresholds)
+            return kernel(experts, base, self.weights, key, thresholds)
         rows = max(1, shape[0] * block_bytes // working)
         blocks = []
         for start in range(0, shape[0], rows):
@@ -261,7 +264,7 @@ class Merger:
                     None if base is None else base[part],
                     self.weights,
                     key,
-                    self.thresholds,
+                    thresholds,
                 )
             )
         return jnp.concatenate(blocks)
@@ -311,6 +314,27 @@ class WriteBehind:
             self._pool.shutdown(wait=True)
 
 
+def _task_vector(expert: jax.Array, base: jax.Array) -> jax.Array:
+    return expert.astype(jnp.float32) - base.astype(jnp.float32)
+
+
+# One expert per call: a call holds one float32 task vector, not K of them.
+_high_pass = jax.jit(lambda e, b: select.high_histogram(_task_vector(e, b)))
+_low_pass = jax.jit(lambda e, b, d: select.low_histogram(_task_vector(e, b), d))
+
+
+def _thresholds_from(high: np.ndarray, low_of: Callable, k: int) -> jax.Array:
+    """Radix selection's two steps, given each expert's high histogram and a way to get its
+    low histogram inside the bucket found: exact k-th largest |τᵢ| per expert, float32[K]."""
+    resolved = [select.resolve_digit(h, k) for h in high]
+    low = low_of([np.uint32(d) for d, _ in resolved])
+    thresholds = [
+        select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
+        for (d, rank), h in zip(resolved, low, strict=True)
+    ]
+    return jnp.asarray(np.asarray(thresholds, np.float32))
+
+
 def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callable) -> jax.Array:
     """Exact per-expert TIES thresholds over all parameters: two streaming histogram passes.
 
@@ -324,26 +348,39 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     k = select.count_for_fraction(density, n)
     if k == 0:
         return jnp.full((num_experts,), jnp.inf, jnp.float32)
-    # One expert per call: a call holds one float32 task vector, not K of them.
-    tau = lambda e, b: e.astype(jnp.float32) - b.astype(jnp.float32)
-    high_pass = jax.jit(lambda e, b: select.high_histogram(tau(e, b)))
-    low_pass = jax.jit(lambda e, b, d: select.low_histogram(tau(e, b), d))
     high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
         for i, e in enumerate(expert_arrays):
-            high[i] += np.asarray(high_pass(e, base_array))
+            high[i] += np.asarray(_high_pass(e, base_array))
         failpoints.hit("threshold.pass1")
-    resolved = [select.resolve_digit(h, k) for h in high]
-    low = np.zeros((num_experts, select.LOW_BINS), np.int64)
-    for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
-        for i, e in enumerate(expert_arrays):
-            low[i] += np.asarray(low_pass(e, base_array, np.uint32(resolved[i][0])))
-        failpoints.hit("threshold.pass2")
-    thresholds = [
-        select.threshold_from_digits(int(d), int(select.resolve_digit(h, rank)[0]))
-        for (d, rank), h in zip(resolved, low, strict=True)
-    ]
-    return jnp.asarray(np.asarray(thresholds, np.float32))
+
+    def low_of(digits):
+        low = np.zeros((num_experts, select.LOW_BINS), np.int64)
+        for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
+            for i, e in enumerate(expert_arrays):
+                low[i] += np.asarray(_low_pass(e, base_array, digits[i]))
+            failpoints.hit("threshold.pass2")
+        return low
+
+    return _thresholds_from(high, low_of, k)
+
+
+def tensor_thresholds(experts: Sequence[jax.Array], base: jax.Array, density: float):
+    """Exact per-expert TIES thresholds over one tensor (`--trim tensor`), float32[K].
+
+    The same two histogram passes as `global_thresholds`, over arrays already in memory.
+    The merge itself then needs no selection of its own: it is elementwise, merges in
+    row blocks within the budget, and its kernel compiles in a fraction of the time of
+    one that selects (a sort of the sample, a conditional fallback), once per shape.
+    """
+    k = select.count_for_fraction(density, int(np.prod(base.shape)))
+    if k == 0:
+        return jnp.full((len(experts),), jnp.inf, jnp.float32)
+    high = np.stack(jax.device_get([_high_pass(e, base) for e in experts]))
+    low_of = lambda digits: jax.device_get(
+        [_low_pass(e, base, d) for e, d in zip(experts, digits, strict=True)]
+    )
+    return _thresholds_from(high, low_of, k)
 
 
 def _metadata_digest(reader) -> str:
@@ -529,8 +566,9 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         todo = [n for n in plan.names if n not in writer.done]
         if writer.done:
             log(f"resuming: {len(writer.done)} of {len(plan.names)} parameters already written")
-        if spec.global_trim and hparams.get("trim", "global") == "global" and todo:
-            density = hparams.get("density", hparam_defaults(spec)["density"])
+        trim = hparams.get("trim", "global") if spec.global_trim else None
+        density = hparams.get("density", hparam_defaults(spec).get("density"))
+        if trim == "global" and todo:
             merger.thresholds = global_thresholds(plan, len(experts), density, read)
 
         def write(name: str, merged) -> None:
@@ -541,7 +579,12 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         with WriteBehind(write, limit=budget // 6 if jax.process_count() == 1 else 0) as out:
             for name, expert_arrays, base_array in read(todo, f"merging ({config.method})"):
                 failpoints.hit("merge.before_kernel")
-                merged = merger.merge(name, expert_arrays, base_array, block_bytes=budget // 4)
+                thresholds = None
+                if trim == "tensor":
+                    thresholds = tensor_thresholds(expert_arrays, base_array, density)
+                merged = merger.merge(
+                    name, expert_arrays, base_array, budget // 4, thresholds=thresholds
+                )
                 del expert_arrays, base_array  # donated
                 failpoints.hit("merge.after_kernel")
                 out.write(name, merged)

@@ -128,16 +128,29 @@ def test_task_arithmetic_matches_numpy_with_gin_run_config(run_cli, tmp_path):
         np.testing.assert_array_equal(got[name], want[name])
 
 
-@pytest.mark.parametrize("method", ["dare_ties", "della", "model_stock", "average"])
+@pytest.mark.parametrize(
+    "method", ["dare_ties", "della", "model_stock", "average", "ties:tensor", "ties:global"]
+)
 def test_engine_equals_the_in_memory_merge(tmp_path, method):
-    """Same keys from (seed, parameter name): the streaming engine equals merge_trees."""
+    """Same keys from (seed, parameter name): the streaming engine equals merge_trees.
+
+    TIES' thresholds come from the engine's histogram passes (per tensor, or streamed over
+    the model), merge_trees' from kth_largest_magnitude: exact both, so equal bit for bit.
+    """
+    method, _, trim = method.partition(":")
+    hparams = {"trim": trim} if trim else {}
     base, experts = make_models(count=2)
     base_path, expert_paths = write_all(tmp_path, "safetensors", base, experts)
     config = MergeConfig(
-        method=method, base=str(base_path), experts=expert_paths, output=str(tmp_path / "o"), seed=5
+        method=method,
+        base=str(base_path),
+        experts=expert_paths,
+        output=str(tmp_path / "o"),
+        seed=5,
+        **hparams,
     )
     got = read_all(merge_checkpoints(config, quiet=True, log=lambda *_: None))
-    want = merge_trees(method, experts, base=base, seed=5)
+    want = merge_trees(method, experts, base=base, seed=5, **hparams)
     for name in SHAPES:
         np.testing.assert_array_equal(got[name], np.asarray(want[name]), err_msg=name)
 
