@@ -12,6 +12,39 @@ is given (or found on PATH), the same merge runs with mergekit on the same
 files, alternating with jaxmerge run by run so both see the same machine,
 and the ratio is printed. mergekit's TIES trims per tensor; compare it with
 `ties (trim=tensor)`, and `ties (trim=global)` for the original TIES.
+
+jaxmerge fsyncs each parameter before journaling it (resume after kill -9, a finished
+output survives a power cut); mergekit leaves its output in the page cache. So each run
+is also timed to a `sync` after it ("durable"), and the disk's own floor for writing the
+output durably is measured first.
+
+Measured 2026-11-23 (2 vCPUs, 24 GB, quiet machine, mergekit 0.1.5 + torch 2.13 CPU,
+`benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml`); disk floor 5.4 s:
+
+    method             jaxmerge s  RSS GB   mergekit s  RSS GB  speed-up (durable)
+    task_arithmetic          8.4    1.35        21.3     5.85   2.6× (2.9×)
+    ties (global)           21.7    1.61           -        -
+    ties (tensor)           23.1    1.26       212.4     6.09   9.2× (9.3×)
+    dare_ties               39.8    2.92        87.7     5.96   2.2× (2.3×)
+
+and out of core, `--experts 8 --memory_budget 4GB` (19.9 GB of inputs): ties (global)
+63.4 s at 3.19 GB peak RSS, ties (tensor) 55.2 s / 2.55 GB, task_arithmetic 11.2 s / 2.60 GB.
+
+Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
+- task arithmetic is at the disk: 5.4 s of its 8.4 are the durable write of 2.2 GB, and
+  about 1.5 s is starting Python and JAX. 8× mergekit (2.7 s) is below that floor here.
+- TIES is the exact selection: two histogram passes (XLA scatters, 1.7 and 2.5 ns an
+  element on one core) per expert per tensor; compiles are 1.8 s in all. The one-pass
+  sampled bracket (select.py) costs as much as both passes here and misses on the heavily
+  tied task vectors of bf16 inputs, so the engine uses the two passes.
+- DARE is threefry: the design keys every mask by (seed, name, expert) with JAX's
+  partitionable threefry so outputs agree on 1, 8 or N devices; it costs ~10 ns a value.
+- Before this round, system time was most of a merge: glibc served XLA's buffers with
+  fresh 4 KiB pages (zero-filled at ~1.5 GB/s) and unmapped them on free. The command now
+  runs with glibc.malloc.hugetlb=1 (jaxmerge/main.py), reads safetensors by mapping them
+  (zero-copy into XLA:CPU buffers), writes on a thread of its own and checks NaN/Inf with
+  a host bit test instead of XLA reductions: TA went 11 s → 8.4 s, TIES (tensor) 46 s →
+  23 s with peak RSS 3.1 → 1.3 GB, the out-of-core TIES 136 s → 63 s.
 """
 
 import argparse
