@@ -38,7 +38,8 @@ Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
   sampled bracket (select.py) costs as much as both passes here and misses on the heavily
   tied task vectors of bf16 inputs, so the engine uses the two passes.
 - DARE is threefry: the design keys every mask by (seed, name, expert) with JAX's
-  partitionable threefry so outputs agree on 1, 8 or N devices; it costs ~10 ns a value.
+  partitionable threefry so outputs agree on 1, 8 or N devices, and drawing 2.2B
+  uniforms is most of its 39.8 s (see benchmarks/methods.py for the per-value cost).
 - Before this round, system time was most of a merge: glibc served XLA's buffers with
   fresh 4 KiB pages (zero-filled at ~1.5 GB/s) and unmapped them on free. The command now
   runs with glibc.malloc.hugetlb=1 (jaxmerge/main.py), reads safetensors by mapping them
