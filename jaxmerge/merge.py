@@ -24,7 +24,6 @@ bytes: randomness depends only on (seed, parameter name, expert index).
 import dataclasses
 import hashlib
 import json
-import os
 import pathlib
 import platform
 import resource
@@ -41,6 +40,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxmerge
 from jaxmerge import checkpoints, failpoints, preflight, sharding
+from jaxmerge.checkpoints import _layout
 from jaxmerge.errors import InputError, writing
 from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
@@ -113,17 +113,6 @@ class Plan:
     step: int
     output_format: str
     reference: pathlib.Path  # where config.json / tokenizer files come from (safetensors)
-
-
-def available_memory() -> int:
-    """MemAvailable from /proc/meminfo, else physical memory."""
-    try:
-        for line in pathlib.Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def parse_bytes(text: str) -> int:
@@ -493,7 +482,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     plan = make_plan(config, base, experts)
     preflight.check_shared_base(config, base, experts)
     mesh = sharding.make_mesh()
-    budget = config.memory_budget or min(DEFAULT_BUDGET, available_memory() // 2)
+    budget = config.memory_budget or min(DEFAULT_BUDGET, _layout.free_memory() // 2)
     with writing(output):
         writer = checkpoints.create(
             output,
