@@ -37,6 +37,11 @@ Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
   element on one core) per expert per tensor; compiles are 1.8 s in all. The one-pass
   sampled bracket (select.py) costs as much as both passes here and misses on the heavily
   tied task vectors of bf16 inputs, so the engine uses the two passes.
+- What is left of system time (10 s of TIES' 23): `perf record` puts 23% of all samples
+  in the kernel zeroing fresh pages (clear_page_erms) for XLA:CPU's buffers, which every
+  execution allocates anew and frees; huge pages make the zeroing cheaper, not rarer.
+  Smaller row blocks under glibc's mmap threshold, finding thresholds on the reading
+  thread, 8 row-block histograms and 2 CPU devices each measured no end-to-end gain.
 - DARE is threefry: the design keys every mask by (seed, name, expert) with JAX's
   partitionable threefry so outputs agree on 1, 8 or N devices, and drawing 2.2B
   uniforms is most of its 39.8 s (see benchmarks/methods.py for the per-value cost).
