@@ -1,0 +1,99 @@
+"""Two JAX processes (4 CPU devices each, gloo collectives) run one merge together.
+
+Each process reads and writes only the shards it holds; the global TIES thresholds come
+from histograms all-reduced across both; process 0 keeps the journal and commits. The
+output is the same bytes as one process with 8 devices gives (DESIGN.md: identical on 1
+device, 8 devices or several processes).
+"""
+
+import os
+import socket
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from jaxmerge.merge import MergeConfig, merge_checkpoints
+from tests.test_merge import make_models, read_all, write_all
+
+WORKER = textwrap.dedent(
+    """
+    import os, sys
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import jax
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    port, pid, base, out, method = sys.argv[1:6]
+    experts = sys.argv[6:]
+    jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(pid),
+                               initialization_timeout=60)
+    assert jax.device_count() == 8 and jax.local_device_count() == 4
+    from jaxmerge.merge import MergeConfig, merge_checkpoints
+    config = MergeConfig(method=method, base=base, experts=experts, output=out, seed=7)
+    merge_checkpoints(config, quiet=True, log=lambda *_: None)
+    print("worker", pid, "done", flush=True)
+    """
+)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+def _merge_in_two_processes(base, experts, out, method) -> None:
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+    env.pop("XLA_FLAGS", None)
+    port = str(_free_port())
+    args = [str(base), str(out), method, *map(str, experts)]
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", WORKER, port, str(pid), *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env=env,
+            cwd=repo,
+        )
+        for pid in (0, 1)
+    ]
+    outputs = []
+    for worker in workers:
+        try:
+            outputs.append(worker.communicate(timeout=240)[0])
+        except subprocess.TimeoutExpired:
+            for w in workers:
+                w.kill()
+            pytest.fail("multi-process merge hung")
+    for pid, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
+        assert worker.returncode == 0, output[-3000:]
+        assert f"worker {pid} done" in output, output[-3000:]
+
+
+@pytest.mark.parametrize("method", ["ties", "dare_ties"])  # global histograms; random masks
+@pytest.mark.parametrize("fmt", ["safetensors", "t5x"])
+def test_two_processes_give_the_same_bytes_as_one(tmp_path, fmt, method):
+    base, experts = make_models(count=2)
+    base_path, expert_paths = write_all(tmp_path, fmt, base, experts)
+    _merge_in_two_processes(base_path, expert_paths, tmp_path / "two", method)
+    one = merge_checkpoints(
+        MergeConfig(
+            method=method,
+            base=str(base_path),
+            experts=expert_paths,
+            output=str(tmp_path / "one"),
+            seed=7,
+        ),
+        quiet=True,
+        log=lambda *_: None,
+    )
+    two = tmp_path / "two" / one.relative_to(tmp_path / "one")
+    got, want = read_all(two), read_all(one)
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+    assert not (tmp_path / "two.jaxmerge-tmp").exists()
+    assert not (tmp_path / "two.jaxmerge-lock").exists()
