@@ -50,7 +50,7 @@ HPARAMS = ("lam", "density", "drop_rate", "trim", "gamma", "epsilon", "t")
 DTYPES = {"bfloat16": jnp.bfloat16, "float16": jnp.float16, "float32": jnp.float32}
 DEFAULT_RULES = ((".*", PartitionSpec("data")),)  # first dimension over every device
 # Groups of parameters only amortise per-call overhead; past a few hundred MB they
-# buy no speed, only memory. The default budget is this, or half the free memory.
+# buy no speed, only memory. The default budget is this, or less (default_budget).
 DEFAULT_BUDGET = 2 * 2**30
 
 # Every input is donated so XLA may write the result over one of them (the base when
@@ -82,7 +82,7 @@ class MergeConfig:
     input_format: str | None = None
     output_format: str | None = None
     dtype: str | None = None
-    memory_budget: int | None = None  # bytes; None: DEFAULT_BUDGET or half the free memory
+    memory_budget: int | None = None  # bytes; None: default_budget()
     overwrite: bool = False
     max_shard_bytes: int = 5 * 10**9
     allow_nonfinite: bool = False  # merge NaN/Inf inputs as they are instead of refusing
@@ -113,6 +113,20 @@ class Plan:
     step: int
     output_format: str
     reference: pathlib.Path  # where config.json / tokenizer files come from (safetensors)
+
+
+def default_budget(devices) -> int:
+    """DEFAULT_BUDGET, or half the free host memory, or half a device's free memory: the least.
+
+    Arrays live on the devices (host memory on CPU, where memory_stats is None) and reads
+    pass through the host, so both bound a merge.
+    """
+    limits = [DEFAULT_BUDGET, _layout.free_memory() // 2]
+    for device in devices:
+        stats = device.memory_stats() or {}
+        if stats.get("bytes_limit"):
+            limits.append((stats["bytes_limit"] - stats.get("bytes_in_use", 0)) // 2)
+    return max(1, min(limits))
 
 
 def parse_bytes(text: str) -> int:
@@ -482,7 +496,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     plan = make_plan(config, base, experts)
     preflight.check_shared_base(config, base, experts)
     mesh = sharding.make_mesh()
-    budget = config.memory_budget or min(DEFAULT_BUDGET, _layout.free_memory() // 2)
+    budget = config.memory_budget or default_budget(jax.local_devices())
     with writing(output):
         writer = checkpoints.create(
             output,

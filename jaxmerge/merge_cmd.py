@@ -35,7 +35,9 @@ FLAGS = {
     "input_format": dict(choices=["t5x", "orbax", "safetensors"], help="skip detection"),
     "output_format": dict(choices=["t5x", "orbax", "safetensors"], help="default: the base's"),
     "dtype": dict(choices=["bfloat16", "float16", "float32"], help="default: the inputs'"),
-    "memory_budget": dict(help="e.g. 4GB (default: 2GiB, or half the free memory if less)"),
+    "memory_budget": dict(
+        help="e.g. 4GB (default: 2GiB, or half the free host or device memory if less)"
+    ),
 }
 
 

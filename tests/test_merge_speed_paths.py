@@ -127,3 +127,20 @@ def test_relaunch_sets_the_malloc_tunable_once(monkeypatch):
     monkeypatch.setenv("JAXMERGE_MALLOC", "default")
     main.relaunch_with_huge_pages()
     assert calls == []
+
+
+class _Device:
+    def __init__(self, stats):
+        self.stats = stats
+
+    def memory_stats(self):
+        return self.stats
+
+
+def test_default_budget_fits_host_and_device_memory(monkeypatch):
+    monkeypatch.setattr(merge._layout, "free_memory", lambda: 64 << 30)
+    assert merge.default_budget([_Device(None)]) == merge.DEFAULT_BUDGET  # CPU: no stats
+    gpu = _Device({"bytes_limit": 3 << 30, "bytes_in_use": 1 << 30})
+    assert merge.default_budget([gpu]) == 1 << 30
+    monkeypatch.setattr(merge._layout, "free_memory", lambda: 1 << 30)
+    assert merge.default_budget([_Device(None)]) == 1 << 29
