@@ -44,9 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
 # glibc's malloc backs large blocks with fresh mmap'd 4 KiB pages, which the kernel zero-fills
 # one fault at a time (about 1.5 GB/s on a VM) and unmaps again on free. XLA:CPU allocates
 # every output and temporary that way, so a merge spent more time in the kernel than in
-# arithmetic. This tunable (glibc >= 2.35) asks for transparent huge pages instead: system
-# time of a 1.1B-parameter task arithmetic merge fell from 10-12 s to 4-6 s (benchmarks/merge.py).
-MALLOC_TUNABLE = "glibc.malloc.hugetlb=1"
+# arithmetic. These tunables (glibc >= 2.35) ask for transparent huge pages, and keep blocks
+# up to 32 MiB (the most glibc allows) in the heap, reused rather than unmapped: system time
+# of a 1.1B-parameter task arithmetic merge fell from 10-12 s to 3-5 s, of a TIES merge from
+# 11-12 s to 7-8 s (benchmarks/merge.py).
+MALLOC_TUNABLE = (
+    "glibc.malloc.hugetlb=1:glibc.malloc.mmap_threshold=33554432"
+    ":glibc.malloc.trim_threshold=17179869184"
+)
 
 
 def relaunch_with_huge_pages() -> None:

@@ -321,9 +321,30 @@ def _task_vector(expert: jax.Array, base: jax.Array) -> jax.Array:
     return expert.astype(jnp.float32) - base.astype(jnp.float32)
 
 
+# A histogram pass materializes one int32 index per element before XLA:CPU scatters them.
+# Over 8 row blocks those buffers are an eighth of the tensor: small enough for malloc to
+# reuse rather than have the kernel zero fresh pages for every pass, and independent
+# scatters its runtime can overlap. Counts add, so the histogram is exactly the same.
+# Measured: TIES --trim tensor on 1.1B parameters 23-24 s → 19-21 s (benchmarks/merge.py).
+HISTOGRAM_BLOCKS = 8
+
+
+def _row_blocks(x: jax.Array) -> list[jax.Array]:
+    if x.ndim < 2 or x.shape[0] % HISTOGRAM_BLOCKS:
+        return [x]
+    rows = x.shape[0] // HISTOGRAM_BLOCKS
+    return [x[i * rows : (i + 1) * rows] for i in range(HISTOGRAM_BLOCKS)]
+
+
 # One expert per call: a call holds one float32 task vector, not K of them.
-_high_pass = jax.jit(lambda e, b: select.high_histogram(_task_vector(e, b)))
-_low_pass = jax.jit(lambda e, b, d: select.low_histogram(_task_vector(e, b), d))
+@jax.jit
+def _high_pass(expert: jax.Array, base: jax.Array) -> jax.Array:
+    return sum(select.high_histogram(t) for t in _row_blocks(_task_vector(expert, base)))
+
+
+@jax.jit
+def _low_pass(expert: jax.Array, base: jax.Array, digit) -> jax.Array:
+    return sum(select.low_histogram(t, digit) for t in _row_blocks(_task_vector(expert, base)))
 
 
 def _thresholds_from(high: np.ndarray, low_of: Callable, k: int) -> jax.Array:
