@@ -19,29 +19,32 @@ is also timed to a `sync` after it ("durable"), and the disk's own floor for wri
 output durably is measured first.
 
 Measured 2026-11-23 (2 vCPUs, 24 GB, quiet machine, mergekit 0.1.5 + torch 2.13 CPU,
-`benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml`); disk floor 5.4 s:
+`benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml`); disk floor 6.9 s in this run
+(5.4 s in an earlier one: the VM's disk and CPUs vary by the hour, hence side by side):
 
     method             jaxmerge s  RSS GB   mergekit s  RSS GB  speed-up (durable)
-    task_arithmetic          8.4    1.35        21.3     5.85   2.6× (2.9×)
-    ties (global)           21.7    1.61           -        -
-    ties (tensor)           23.1    1.26       212.4     6.09   9.2× (9.3×)
-    dare_ties               39.8    2.92        87.7     5.96   2.2× (2.3×)
+    task_arithmetic         10.9    1.36        30.0     5.83   2.7× (3.0×)
+    ties (global)           25.3    1.45           -        -
+    ties (tensor)           22.3    1.24       243.7     6.09   10.9× (11.1×)
+    dare_ties               40.0    3.20        92.8     6.02   2.3× (2.4×)
 
 and out of core, `--experts 8 --memory_budget 4GB` (19.9 GB of inputs): ties (global)
-63.4 s at 3.19 GB peak RSS, ties (tensor) 55.2 s / 2.55 GB, task_arithmetic 11.2 s / 2.60 GB.
+62.1 s at 3.05 GB peak RSS, ties (tensor) 56.2 s / 2.30 GB, task_arithmetic 13.4 s / 2.76 GB.
 
 Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
-- task arithmetic is at the disk: 5.4 s of its 8.4 are the durable write of 2.2 GB, and
-  about 1.5 s is starting Python and JAX. 8× mergekit (2.7 s) is below that floor here.
+- task arithmetic is at the disk: the durable write of 2.2 GB (5.4-6.9 s) is most of it,
+  and about 1.5 s is starting Python and JAX. 8× mergekit (2.7-3.8 s) is below that floor.
 - TIES is the exact selection: two histogram passes (XLA scatters, 1.7 and 2.5 ns an
   element on one core) per expert per tensor; compiles are 1.8 s in all. The one-pass
   sampled bracket (select.py) costs as much as both passes here and misses on the heavily
   tied task vectors of bf16 inputs, so the engine uses the two passes.
-- What is left of system time (10 s of TIES' 23): `perf record` puts 23% of all samples
-  in the kernel zeroing fresh pages (clear_page_erms) for XLA:CPU's buffers, which every
-  execution allocates anew and frees; huge pages make the zeroing cheaper, not rarer.
-  Smaller row blocks under glibc's mmap threshold, finding thresholds on the reading
-  thread, 8 row-block histograms and 2 CPU devices each measured no end-to-end gain.
+- System time: `perf record` put 23% of TIES' samples in the kernel zeroing fresh pages
+  (clear_page_erms) for XLA:CPU's buffers, which every execution allocates anew; huge
+  pages make the zeroing cheaper, not rarer. Histogram passes over 8 row blocks (index
+  buffers small enough for malloc to keep and reuse, glibc.malloc.mmap_threshold=32 MiB)
+  took TIES (tensor) from 23-24 s to 19-21 s, system time 11-12 s → 7-8 s. Smaller row
+  blocks for the merge kernel, finding thresholds on the reading thread and 2 CPU
+  devices measured no gain.
 - DARE is threefry: the design keys every mask by (seed, name, expert) with JAX's
   partitionable threefry so outputs agree on 1, 8 or N devices, and drawing 2.2B
   uniforms is most of its 39.8 s (see benchmarks/methods.py for the per-value cost).
@@ -50,7 +53,7 @@ Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
   runs with glibc.malloc.hugetlb=1 (jaxmerge/main.py), reads safetensors by mapping them
   (zero-copy into XLA:CPU buffers), writes on a thread of its own and checks NaN/Inf with
   a host bit test instead of XLA reductions: TA went 11 s → 8.4 s, TIES (tensor) 46 s →
-  23 s with peak RSS 3.1 → 1.3 GB, the out-of-core TIES 136 s → 63 s.
+  ~20 s with peak RSS 3.1 → 1.2 GB, the out-of-core TIES 136 s → 62 s.
 """
 
 import argparse
