@@ -89,7 +89,7 @@ def _step_from_dir_name(path: pathlib.Path) -> int | None:
     return None
 
 
-class Reader:
+class Reader(_layout.ReaderBase):
     """Reads an Orbax PyTree checkpoint, one leaf (or one shard of it) at a time.
 
     Names: for a T5X train state (a top-level 'target'), the leaves under target/ without
@@ -176,25 +176,8 @@ class Reader:
         if name not in self.params:
             raise CheckpointError(f"{self._dir}: no parameter named {name!r}")
 
-    def read_numpy(self, name: str) -> np.ndarray:
-        self._check(name)
-        (out,) = self._read_slices(name, [_layout.normalize_index((), self.params[name].shape)])
-        return out
-
-    def read(self, name: str, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
-        self._check(name)
-        return _layout.assemble(
-            name, self.params[name], sharding, lambda idx: self._read_slices(name, idx)
-        )
-
     def close(self) -> None:
         self._arrays.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _tree_entry(keys: tuple[str, ...], value_type: str) -> dict:

@@ -23,7 +23,6 @@ import pathlib
 import struct
 from collections.abc import Iterator
 
-import jax
 import ml_dtypes
 import numpy as np
 
@@ -123,7 +122,7 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
     return tensors, start, size
 
 
-class Reader:
+class Reader(_layout.ReaderBase):
     """Reads a Hugging Face safetensors model lazily, one tensor (or one shard) at a time."""
 
     format = "safetensors"
@@ -223,20 +222,8 @@ class Reader:
                 got += n
         return out
 
-    def read(self, name: str, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
-        self._check(name)
-        return _layout.assemble(
-            name, self.params[name], sharding, lambda idx: self._read_slices(name, idx)
-        )
-
     def close(self) -> None:
         pass  # nothing stays open: each read maps and unmaps its own tensor
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _plan_files(params: dict[str, ParamInfo], max_shard_bytes: int) -> list[list[str]]:

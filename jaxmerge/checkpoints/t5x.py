@@ -24,7 +24,6 @@ import math
 import pathlib
 from collections.abc import Iterator
 
-import jax
 import msgpack
 import numpy as np
 import tensorstore as ts
@@ -103,7 +102,7 @@ def read_msgpack(file: pathlib.Path) -> dict:
     return contents
 
 
-class Reader:
+class Reader(_layout.ReaderBase):
     """Reads a T5X legacy checkpoint: parameters are the leaves under optimizer/target."""
 
     format = "t5x"
@@ -212,26 +211,9 @@ class Reader:
         if name not in self.params:
             raise CheckpointError(f"{self._file}: no parameter named {name!r}")
 
-    def read_numpy(self, name: str) -> np.ndarray:
-        self._check(name)
-        (out,) = self._read_slices(name, [_layout.normalize_index((), self.params[name].shape)])
-        return out
-
-    def read(self, name: str, sharding: jax.sharding.Sharding | None = None) -> jax.Array:
-        self._check(name)
-        return _layout.assemble(
-            name, self.params[name], sharding, lambda idx: self._read_slices(name, idx)
-        )
-
     def close(self) -> None:
         self._arrays.clear()
         self._leaves.clear()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def _unchunk(leaf: dict, where: str) -> np.ndarray:
