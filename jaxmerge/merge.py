@@ -347,9 +347,10 @@ def _low_pass(expert: jax.Array, base: jax.Array, digit) -> jax.Array:
     return sum(select.low_histogram(t, digit) for t in _row_blocks(_task_vector(expert, base)))
 
 
-def _thresholds_from(high: np.ndarray, low_of: Callable, k: int) -> jax.Array:
-    """Radix selection's two steps, given each expert's high histogram and a way to get its
-    low histogram inside the bucket found: exact k-th largest |τᵢ| per expert, float32[K]."""
+def _thresholds(high: np.ndarray, low_of: Callable, k: int) -> jax.Array:
+    """Radix selection's two steps per expert: the high digit and rank from `high[i]`, then
+    the low digit from `low_of(digits)[i]`, the low histogram inside each bucket found.
+    Returns the exact k-th largest |τᵢ| per expert, float32[K]."""
     resolved = [select.resolve_digit(h, k) for h in high]
     low = low_of([np.uint32(d) for d, _ in resolved])
     thresholds = [
@@ -372,21 +373,21 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
     k = select.count_for_fraction(density, n)
     if k == 0:
         return jnp.full((num_experts,), jnp.inf, jnp.float32)
+
     high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
-        for i, e in enumerate(expert_arrays):
-            high[i] += np.asarray(_high_pass(e, base_array))
+        high += np.stack(jax.device_get([_high_pass(e, base_array) for e in expert_arrays]))
         failpoints.hit("threshold.pass1")
 
     def low_of(digits):
         low = np.zeros((num_experts, select.LOW_BINS), np.int64)
         for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
-            for i, e in enumerate(expert_arrays):
-                low[i] += np.asarray(_low_pass(e, base_array, digits[i]))
+            pairs = zip(expert_arrays, digits, strict=True)
+            low += np.stack(jax.device_get([_low_pass(e, base_array, d) for e, d in pairs]))
             failpoints.hit("threshold.pass2")
         return low
 
-    return _thresholds_from(high, low_of, k)
+    return _thresholds(high, low_of, k)
 
 
 def tensor_thresholds(experts: Sequence[jax.Array], base: jax.Array, density: float):
@@ -404,7 +405,7 @@ def tensor_thresholds(experts: Sequence[jax.Array], base: jax.Array, density: fl
     low_of = lambda digits: jax.device_get(
         [_low_pass(e, base, d) for e, d in zip(experts, digits, strict=True)]
     )
-    return _thresholds_from(high, low_of, k)
+    return _thresholds(high, low_of, k)
 
 
 def _metadata_digest(reader) -> str:
