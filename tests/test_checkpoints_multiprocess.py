@@ -2,16 +2,12 @@
 each writes only the shards it holds, process 0 the metadata; the result equals the model,
 and each process reads back only its own shards."""
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
-import pytest
 
 from jaxmerge import checkpoints
+from tests.multiprocess import run_two_processes
 from tests.test_checkpoints import bits, make_model
 
 WORKER = textwrap.dedent(
@@ -56,38 +52,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def test_two_processes_write_t5x_and_safetensors_together(tmp_path):
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo)
-    env.pop("XLA_FLAGS", None)
-    port = _free_port()
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, str(port), str(pid), str(tmp_path)],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=repo,
-        )
-        for pid in (0, 1)
-    ]
-    outputs = []
-    for worker in workers:
-        try:
-            outputs.append(worker.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            pytest.fail("multi-process writers hung")
-    for pid, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
-        assert worker.returncode == 0, output[-3000:]
+    outputs = run_two_processes(WORKER, tmp_path)
+    for pid, output in enumerate(outputs):
         assert f"worker {pid} done" in output and "orbax refused" in output
     model = make_model()
     for fmt in ("t5x", "safetensors"):

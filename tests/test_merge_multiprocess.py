@@ -6,15 +6,12 @@ output is the same bytes as one process with 8 devices gives (DESIGN.md: identic
 device, 8 devices or several processes).
 """
 
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 
 import pytest
 
 from jaxmerge.merge import MergeConfig, merge_checkpoints
+from tests.multiprocess import run_two_processes
 from tests.test_merge import make_models, read_all, write_all
 
 WORKER = textwrap.dedent(
@@ -37,39 +34,9 @@ WORKER = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _merge_in_two_processes(base, experts, out, method) -> None:
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=repo)
-    env.pop("XLA_FLAGS", None)
-    port = str(_free_port())
-    args = [str(base), str(out), method, *map(str, experts)]
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", WORKER, port, str(pid), *args],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            cwd=repo,
-        )
-        for pid in (0, 1)
-    ]
-    outputs = []
-    for worker in workers:
-        try:
-            outputs.append(worker.communicate(timeout=240)[0])
-        except subprocess.TimeoutExpired:
-            for w in workers:
-                w.kill()
-            pytest.fail("multi-process merge hung")
-    for pid, (worker, output) in enumerate(zip(workers, outputs, strict=True)):
-        assert worker.returncode == 0, output[-3000:]
+    outputs = run_two_processes(WORKER, base, out, method, *experts)
+    for pid, output in enumerate(outputs):
         assert f"worker {pid} done" in output, output[-3000:]
 
 
