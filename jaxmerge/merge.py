@@ -40,7 +40,6 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 import jaxmerge
 from jaxmerge import checkpoints, failpoints, preflight, sharding
-from jaxmerge.checkpoints import _layout
 from jaxmerge.errors import InputError, writing
 from jaxmerge.methods import get_method, hparam_defaults, parameter_key, select
 from jaxmerge.methods.tree import TRIMS
@@ -121,7 +120,7 @@ def default_budget(devices) -> int:
     Arrays live on the devices (host memory on CPU, where memory_stats is None) and reads
     pass through the host, so both bound a merge.
     """
-    limits = [DEFAULT_BUDGET, _layout.free_memory() // 2]
+    limits = [DEFAULT_BUDGET, checkpoints.free_memory() // 2]
     for device in devices:
         stats = device.memory_stats() or {}
         if stats.get("bytes_limit"):

@@ -26,7 +26,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmerge import checkpoints
-from jaxmerge.checkpoints import _layout
 from jaxmerge.errors import CheckpointError, InputError
 from jaxmerge.merge_cmd import FLAGS
 from jaxmerge.methods import MergeMethod, get_method
@@ -167,8 +166,7 @@ def check_output(config) -> None:
         if not output.is_dir():
             raise InputError(f"--output {output}: exists and is not a directory")
         if not config.overwrite and any(output.iterdir()):
-            if output.with_name(output.name + _layout.LOCK_SUFFIX).exists():
-                _layout.remove_stale_lock(output)  # a finished merge killed before cleaning up
+            checkpoints.remove_stale_lock(output)  # of a finished merge killed before cleanup
             raise InputError(
                 f"--output {output}: exists and is not empty; pass --overwrite to replace it"
             )

@@ -138,9 +138,9 @@ class _Device:
 
 
 def test_default_budget_fits_host_and_device_memory(monkeypatch):
-    monkeypatch.setattr(merge._layout, "free_memory", lambda: 64 << 30)
+    monkeypatch.setattr(merge.checkpoints, "free_memory", lambda: 64 << 30)
     assert merge.default_budget([_Device(None)]) == merge.DEFAULT_BUDGET  # CPU: no stats
     gpu = _Device({"bytes_limit": 3 << 30, "bytes_in_use": 1 << 30})
     assert merge.default_budget([gpu]) == 1 << 30
-    monkeypatch.setattr(merge._layout, "free_memory", lambda: 1 << 30)
+    monkeypatch.setattr(merge.checkpoints, "free_memory", lambda: 1 << 30)
     assert merge.default_budget([_Device(None)]) == 1 << 29

@@ -20,10 +20,25 @@ import re
 import numpy as np
 
 from jaxmerge.checkpoints import orbax, safetensors, t5x
-from jaxmerge.checkpoints._layout import SUPPORTED_DTYPES, ParamInfo
+from jaxmerge.checkpoints._layout import (
+    SUPPORTED_DTYPES,
+    ParamInfo,
+    free_memory,
+    remove_stale_lock,
+)
 from jaxmerge.errors import CheckpointError
 
-__all__ = ["FORMATS", "ParamInfo", "create", "detect_format", "open", "read_sample", "resolve"]
+__all__ = [
+    "FORMATS",
+    "ParamInfo",
+    "create",
+    "detect_format",
+    "free_memory",
+    "open",
+    "read_sample",
+    "remove_stale_lock",
+    "resolve",
+]
 
 FORMATS = ("t5x", "orbax", "safetensors")
 _READERS = {"t5x": t5x.Reader, "orbax": orbax.Reader, "safetensors": safetensors.Reader}

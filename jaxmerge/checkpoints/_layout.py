@@ -304,6 +304,9 @@ class OutputLock:
 
 def remove_stale_lock(out: pathlib.Path) -> None:
     """Removes OUT's lock file if nobody holds it (left by a writer killed after its commit)."""
+    out = pathlib.Path(out)
+    if not out.with_name(out.name + LOCK_SUFFIX).exists():
+        return
     try:
         lock = OutputLock(pathlib.Path(out).absolute())
     except (CheckpointError, OSError):
