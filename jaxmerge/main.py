@@ -75,9 +75,39 @@ def relaunch_with_huge_pages() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "jaxmerge", *sys.argv[1:]], env)
 
 
+def use_compilation_cache() -> None:
+    """Keeps XLA's compiled kernels between runs: JAX's persistent compilation cache.
+
+    A merge compiles a few kernels per parameter shape (histogram passes, the merge
+    itself): 1.3 s of a 1.1B-parameter task arithmetic merge and 5.4 s of a TIES one
+    went to tracing and compiling them. A second merge of the same shapes (another
+    method setting, other experts, the study's grid) loads them instead. The cache lives
+    in $XDG_CACHE_HOME/jaxmerge/xla (~/.cache/...), unless JAX_COMPILATION_CACHE_DIR
+    names another; JAXMERGE_COMPILATION_CACHE=off turns it off. Cached kernels are the
+    same programs, so outputs do not change.
+    """
+    if os.environ.get("JAXMERGE_COMPILATION_CACHE") == "off":
+        return
+    directory = os.environ.get("JAX_COMPILATION_CACHE_DIR")  # JAX reads it itself
+    if not directory:
+        cache_home = os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache")
+        directory = os.path.join(cache_home, "jaxmerge", "xla")
+        try:
+            os.makedirs(directory, exist_ok=True)
+        except OSError:
+            return  # an unwritable home: compile every time, as without a cache
+        if not os.access(directory, os.W_OK):
+            return
+    import jax
+
+    jax.config.update("jax_compilation_cache_dir", directory)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
 def main(argv: list[str] | None = None) -> int:
     if argv is None:
         relaunch_with_huge_pages()
+        use_compilation_cache()
     argv = expand_gin_flags(sys.argv[1:] if argv is None else argv)  # T5X's --gin.KEY=VALUE
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])

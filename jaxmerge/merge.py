@@ -52,8 +52,10 @@ DEFAULT_RULES = ((".*", PartitionSpec("data")),)  # first dimension over every d
 # buy no speed, only memory. The default budget is this, or less (default_budget).
 DEFAULT_BUDGET = 2 * 2**30
 
-# Every input is donated so XLA may write the result over one of them (the base when
-# dtypes match); the others are freed with it. XLA warns about the ones it did not reuse.
+# Inputs are donated so XLA may write the result over one of them (the base when dtypes
+# match); the others are freed with it. XLA warns about the ones it did not reuse. Not
+# inputs that alias a mapped file (safetensors): XLA would first copy those to donate them,
+# which measured 1.12 → 0.77 ns an element for task arithmetic without donation.
 warnings.filterwarnings("ignore", message="Some donated buffers were not usable")
 
 
@@ -204,8 +206,11 @@ def group_by_bytes(names: Sequence[str], sizes: dict[str, int], limit: int) -> l
 class Merger:
     """Holds the jitted kernels and shardings of one merge."""
 
-    def __init__(self, config: MergeConfig, plan: Plan, mesh, thresholds=None):
+    def __init__(
+        self, config: MergeConfig, plan: Plan, mesh, thresholds=None, *, donate: bool = True
+    ):
         self.config, self.plan, self.mesh = config, plan, mesh
+        self.donate = donate
         self.spec = get_method(config.method)
         hparams = dict(config.hparams())
         hparams.pop("trim", None)
@@ -220,7 +225,7 @@ class Merger:
         return NamedSharding(self.mesh, spec)
 
     def kernel(self, out_dtype) -> Callable:
-        """jit(merge_tensor → cast), donating the experts and the base."""
+        """jit(merge_tensor → cast), donating the experts and the base (if `donate`)."""
         if out_dtype not in self._kernels:
             spec, hparams = self.spec, self.hparams
 
@@ -236,7 +241,8 @@ class Merger:
                     kwargs["thresholds"] = thresholds
                 return spec.merge_tensor(experts, **kwargs).astype(out_dtype)
 
-            self._kernels[out_dtype] = jax.jit(merge, donate_argnums=(0, 1))
+            donated = (0, 1) if self.donate else ()
+            self._kernels[out_dtype] = jax.jit(merge, donate_argnums=donated)
         return self._kernels[out_dtype]
 
     def merge(
@@ -532,7 +538,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
         )
     progress = _Progress(quiet)
     try:
-        merger = Merger(config, plan, mesh)
+        merger = Merger(config, plan, mesh, donate=not any(r.maps_files for _, r in readers))
         input_bytes = {name: sum(r.params[name].nbytes for _, r in readers) for name in plan.names}
 
         guard = NonFiniteGuard(
@@ -609,7 +615,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 merged = merger.merge(
                     name, expert_arrays, base_array, budget // 4, thresholds=thresholds
                 )
-                del expert_arrays, base_array  # donated
+                del expert_arrays, base_array  # donated, or mapped files
                 failpoints.hit("merge.after_kernel")
                 out.write(name, merged)
                 del merged

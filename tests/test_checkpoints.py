@@ -135,7 +135,7 @@ def test_nothing_half_written_looks_finished_and_resume(tmp_path, fmt):
     assert not out.exists()  # all of it lives in the temporary sibling
     with pytest.raises(CheckpointError):
         checkpoints.open(out)
-    del writer  # "killed"
+    writer.close()  # as after a failure: what is written stays journaled, the lock is released
     writer = checkpoints.create(out, fmt, infos(model), step=5, resume=True)
     assert writer.done == set(names[:2])
     for name in names[2:]:
@@ -323,7 +323,7 @@ def test_resumed_run_yields_the_same_bytes_as_an_uninterrupted_one(tmp_path, fmt
     first = list(model)[:3]
     for name in first:
         writer.write(name, model[name])
-    del writer  # killed; then a re-run with resume=True
+    writer.close()  # a failed run; then a re-run with resume=True
     writer = checkpoints.create(
         tmp_path / "out", fmt, infos(model), step=5, max_shard_bytes=700, resume=True
     )

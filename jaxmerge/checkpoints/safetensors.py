@@ -23,6 +23,7 @@ import pathlib
 import struct
 from collections.abc import Iterator
 
+import jax
 import ml_dtypes
 import numpy as np
 
@@ -126,6 +127,7 @@ class Reader(_layout.ReaderBase):
     """Reads a Hugging Face safetensors model lazily, one tensor (or one shard) at a time."""
 
     format = "safetensors"
+    maps_files = True  # whole tensors are read by mapping the file (see _mapped)
 
     def __init__(self, path):
         self.path = pathlib.Path(path)
@@ -167,8 +169,9 @@ class Reader(_layout.ReaderBase):
         """The whole tensor mapped copy-on-write from the file: no copy, no zero-filled pages.
 
         On CPU, jax.device_put aliases a 64-byte-aligned host array, so the merge kernel
-        reads the page cache directly; a donated input may be overwritten in place (the
-        private mapping copies just the pages written). The mapping lives as long as the
+        reads the page cache directly. XLA cannot take over such a buffer: donating it
+        costs a copy (so the merge does not donate these; `maps_files`), and anything
+        written to it would stay in the private mapping. The mapping lives as long as the
         array. Offsets were validated against the file size when the header was read.
         """
         file, offset = self._where[name]
@@ -281,6 +284,8 @@ class Writer:
                 raise CheckpointError(f"{path}: parameter {name}: safetensors has no {info.dtype}")
         self.path = pathlib.Path(path).absolute()
         self.params = dict(params)
+        self._fds: dict[pathlib.Path, int] = {}
+        self._sync: _layout.SyncBehind | None = None
         self.reference = None if reference is None else pathlib.Path(reference)
         groups = _plan_files(self.params, max_shard_bytes)
         if len(groups) == 1:
@@ -316,6 +321,9 @@ class Writer:
             n: f for f, names in zip(file_names, groups, strict=True) for n in names
         }
         _layout.barrier(f"preallocated:{self.path}")
+        self._fds = {file: os.open(file, os.O_WRONLY) for file in self._files}
+        # One process: fdatasync and journal on a thread of their own, behind the writes.
+        self._sync = _layout.SyncBehind(self._staging) if jax.process_count() == 1 else None
 
     def write(self, name: str, array) -> None:
         if name not in self.params:
@@ -323,16 +331,18 @@ class Writer:
         info = self.params[name]
         _layout.check_array(str(self.path), name, info, array)
         file, offset = self._target[name]
-        fd = os.open(file, os.O_WRONLY)
-        try:
-            for index, data in _layout.host_shards(array):
-                _write_block(fd, offset, info, index, np.ascontiguousarray(data))
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self._staging.mark_done(name)
+        fd = self._fds[file]
+        for index, data in _layout.host_shards(array):
+            _write_block(fd, offset, info, index, np.ascontiguousarray(data))
+        if self._sync is not None:
+            self._sync.written(name, fd)
+        else:
+            os.fdatasync(fd)
+            self._staging.mark_done(name)
 
     def finalize(self, extra_files: dict[str, bytes] | None = None) -> pathlib.Path:
+        if self._sync is not None:
+            self._sync.drain()
         missing = [n for n in self.params if n not in self.done]
         if missing:
             raise CheckpointError(
@@ -356,11 +366,20 @@ class Writer:
         return self._staging.commit()
 
     def abort(self) -> None:
+        self._close_files()
         self._staging.abort()
 
     def close(self) -> None:
         """Releases the output lock, keeping what is written for a resume (after a failure)."""
+        self._close_files()
         self._staging.close()
+
+    def _close_files(self) -> None:
+        if self._sync is not None:
+            self._sync.close()
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds = {}
 
 
 def _write_block(fd: int, offset: int, info: ParamInfo, index: Index, block: np.ndarray) -> None:
