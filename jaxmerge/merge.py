@@ -2,7 +2,8 @@
 
     paths ─► checkpoints.open ─► plan (names, shapes, dtypes agree; before any heavy work)
           ─► [ties, trim=global] two streaming histogram passes → exact per-expert thresholds
-             ([ties, trim=tensor] the same two passes per parameter, in memory)
+             ([ties, trim=tensor] the same two passes per parameter, in memory; on one
+             CPU device host_select's numba loops count them, else XLA's scatters)
           ─► per parameter: base + K experts read straight into their NamedSharding
              → jit(method)(experts, base, key, thresholds), inputs donated
              → writer.write(name, merged)      (on its own thread; the next parameters
@@ -28,6 +29,7 @@ import pathlib
 import platform
 import resource
 import sys
+import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -352,6 +354,46 @@ def _low_pass(expert: jax.Array, base: jax.Array, digit) -> jax.Array:
     return sum(select.low_histogram(t, digit) for t in _row_blocks(_task_vector(expert, base)))
 
 
+def _on_host(experts, base) -> bool:
+    """Whether the histograms run in host_select's loops (one CPU device) rather than XLA."""
+    from jaxmerge import host_select  # numba: imported by the merges that select
+
+    return host_select.usable([*experts, base])
+
+
+def _warm_up_host_select(dtypes) -> None:
+    """Compiles host_select's loops (or loads them from numba's cache) on a side thread,
+    while the merge opens its output and reads its first parameters."""
+
+    def warm_up():
+        from jaxmerge import host_select
+
+        for dtype in dtypes:
+            host_select.warm_up(dtype)
+
+    threading.Thread(target=warm_up, name="jaxmerge-warm-up", daemon=True).start()
+
+
+def _high_histograms(experts: Sequence[jax.Array], base: jax.Array) -> np.ndarray:
+    """int64[K, HIGH_BINS]: every expert's high-digit histogram of |τᵢ|, all dispatched
+    before any is fetched (one host sync). The same counts on the host or with XLA."""
+    if _on_host(experts, base):
+        from jaxmerge import host_select
+
+        return np.stack(host_select.per_expert(host_select.high_histogram, experts, base))
+    return np.stack(jax.device_get([_high_pass(e, base) for e in experts])).astype(np.int64)
+
+
+def _low_histograms(experts: Sequence[jax.Array], base: jax.Array, digits) -> np.ndarray:
+    """int64[K, LOW_BINS]: expert i's low-digit histogram inside its bucket digits[i]."""
+    if _on_host(experts, base):
+        from jaxmerge import host_select
+
+        return np.stack(host_select.per_expert(host_select.low_histogram, experts, base, digits))
+    pairs = zip(experts, digits, strict=True)
+    return np.stack(jax.device_get([_low_pass(e, base, d) for e, d in pairs])).astype(np.int64)
+
+
 def _thresholds(high: np.ndarray, low_of: Callable, k: int) -> jax.Array:
     """Radix selection's two steps per expert: the high digit and rank from `high[i]`, then
     the low digit from `low_of(digits)[i]`, the low histogram inside each bucket found.
@@ -381,14 +423,13 @@ def global_thresholds(plan: Plan, num_experts: int, density: float, read: Callab
 
     high = np.zeros((num_experts, select.HIGH_BINS), np.int64)
     for _, expert_arrays, base_array in read(plan.names, "threshold pass 1/2"):
-        high += np.stack(jax.device_get([_high_pass(e, base_array) for e in expert_arrays]))
+        high += _high_histograms(expert_arrays, base_array)
         failpoints.hit("threshold.pass1")
 
     def low_of(digits):
         low = np.zeros((num_experts, select.LOW_BINS), np.int64)
         for _, expert_arrays, base_array in read(plan.names, "threshold pass 2/2"):
-            pairs = zip(expert_arrays, digits, strict=True)
-            low += np.stack(jax.device_get([_low_pass(e, base_array, d) for e, d in pairs]))
+            low += _low_histograms(expert_arrays, base_array, digits)
             failpoints.hit("threshold.pass2")
         return low
 
@@ -406,11 +447,8 @@ def tensor_thresholds(experts: Sequence[jax.Array], base: jax.Array, density: fl
     k = select.count_for_fraction(density, int(np.prod(base.shape)))
     if k == 0:
         return jnp.full((len(experts),), jnp.inf, jnp.float32)
-    high = np.stack(jax.device_get([_high_pass(e, base) for e in experts]))
-    low_of = lambda digits: jax.device_get(
-        [_low_pass(e, base, d) for e, d in zip(experts, digits, strict=True)]
-    )
-    return _thresholds(high, low_of, k)
+    high = _high_histograms(experts, base)
+    return _thresholds(high, lambda digits: _low_histograms(experts, base, digits), k)
 
 
 def _metadata_digest(reader) -> str:
@@ -523,6 +561,8 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     plan = make_plan(config, base, experts)
     preflight.check_shared_base(config, base, experts)
     mesh = sharding.make_mesh()
+    if spec.global_trim and mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu":
+        _warm_up_host_select({np.dtype(info.dtype) for info in base.params.values()})
     budget = config.memory_budget or default_budget(jax.local_devices())
     with writing(output):
         writer = checkpoints.create(
