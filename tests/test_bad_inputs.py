@@ -422,6 +422,16 @@ CATALOGUE: dict[str, Case] = {
     # non-finite values, in the inputs and in the result
     "nan_in_expert": Case(_nan_expert, existing=True),
     "inf_in_base": Case(_inf_base, existing=True),
+    "nan_in_expert_tensor_trim": Case(
+        lambda ws: (lambda args, fragments: ([*args, "--trim", "tensor"], fragments))(
+            *_nan_expert(ws)
+        )
+    ),
+    "inf_in_base_tensor_trim": Case(
+        lambda ws: (lambda args, fragments: ([*args, "--trim", "tensor"], fragments))(
+            *_inf_base(ws)
+        )
+    ),
     "float16_overflow_in_result": Case(_float16_overflow, existing=True),
     # corrupt files
     "truncated_zarr_chunk": Case(_truncated_zarr_chunk, existing=True),

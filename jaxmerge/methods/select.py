@@ -45,6 +45,7 @@ import numpy as np
 
 HIGH_BINS = 1 << 15  # bits 30..16 of |x| (bit 31, the sign, is 0)
 LOW_BINS = 1 << 16  # bits 15..0
+NONFINITE_HIGH_DIGIT = 0x7F80  # high digits from here up: |x| is +inf or NaN (exponent all ones)
 BRACKET_BINS = 1 << 18  # bit patterns counted one by one around the sampled threshold
 ABOVE_BINS = 1 << 8  # patterns above the bracket, spread (u mod 256) so adds don't chain
 SAMPLE_STRIDE = 128
