@@ -15,6 +15,8 @@ these loops. Arrays sharded over several devices, on accelerators, or of other d
 keep the XLA path (`usable`).
 """
 
+import dataclasses
+import math
 import os
 from concurrent.futures import ThreadPoolExecutor
 
@@ -26,6 +28,11 @@ import numpy as np
 from jaxmerge.methods import select
 
 CHUNK = 4096  # elements per step: the widened inputs and |τ| stay in L1/L2
+SAMPLE_STRIDE = 64  # high_pass samples 1/64 of a tensor to guess where the k-th lies,
+SAMPLE_RUN = 64  # in runs of 64 elements
+SAMPLE_SIGMAS = 6.0  # and keeps the buckets within 6 standard deviations of its rank
+CANDIDATE_FRACTION = 16  # at most n/16 candidates (the buckets kept hold ~1-3% of a tensor)
+MIN_SAMPLED_SIZE = 1 << 21  # smaller tensors: the sample is too coarse, two passes are cheap
 SUB_HISTOGRAMS = 4  # interleaved copies, so repeated bins do not chain their increments
 # (unsigned view, shift to float32 bits) by input dtype
 _VIEWS = {np.dtype(ml_dtypes.bfloat16): (np.uint16, 16), np.dtype(np.float32): (np.uint32, 0)}
@@ -54,23 +61,45 @@ def _abs_difference(expert_bits, base_bits, out_bits):
 
 
 @numba.njit(nogil=True, cache=True)
-def _high_counts(expert, base, shift, hist):
+def _high_counts(expert, base, shift, hist, first_digit, last_digit, candidates):
+    """Adds the high-digit histogram to `hist`; keeps the bits of every |τ| whose high digit
+    lies in [first_digit, last_digit] in `candidates` (if not empty). Returns how many
+    there were: more than candidates.size means they did not all fit."""
     widened_e = np.empty(CHUNK, np.uint32)
     widened_b = np.empty(CHUNK, np.uint32)
     magnitude = np.empty(CHUNK, np.float32)
     sub = np.zeros((SUB_HISTOGRAMS, hist.size), np.int64)
+    span = last_digit - first_digit
+    count = 0
     for start in range(0, expert.size, CHUNK):
         m = min(CHUNK, expert.size - start)
         _widen(expert[start : start + m], shift, widened_e)
         _widen(base[start : start + m], shift, widened_b)
         bits = _abs_difference(widened_e[:m], widened_b[:m], magnitude[:m])
-        for j in range(0, m - m % SUB_HISTOGRAMS, SUB_HISTOGRAMS):
-            for s in range(SUB_HISTOGRAMS):
-                sub[s, bits[j + s] >> np.uint32(16)] += 1
-        for j in range(m - m % SUB_HISTOGRAMS, m):
-            sub[0, bits[j] >> np.uint32(16)] += 1
+        whole = m - m % SUB_HISTOGRAMS
+        if candidates.size == 0:
+            for j in range(0, whole, SUB_HISTOGRAMS):
+                for s in range(SUB_HISTOGRAMS):
+                    sub[s, bits[j + s] >> np.uint32(16)] += 1
+        else:  # in the same loop: a second loop over the chunk costs more than the branch
+            for j in range(0, whole, SUB_HISTOGRAMS):
+                for s in range(SUB_HISTOGRAMS):
+                    digit = bits[j + s] >> np.uint32(16)
+                    sub[s, digit] += 1
+                    if digit - first_digit <= span:  # unsigned: first ≤ digit ≤ last
+                        if count < candidates.size:
+                            candidates[count] = bits[j + s]
+                        count += 1
+        for j in range(whole, m):
+            digit = bits[j] >> np.uint32(16)
+            sub[0, digit] += 1
+            if candidates.size and digit - first_digit <= span:
+                if count < candidates.size:
+                    candidates[count] = bits[j]
+                count += 1
     for s in range(SUB_HISTOGRAMS):
         hist += sub[s]
+    return count
 
 
 @numba.njit(nogil=True, cache=True)
@@ -106,12 +135,77 @@ def _bits(array) -> tuple[np.ndarray, np.uint32]:
     return np.ascontiguousarray(host).reshape(-1).view(view), np.uint32(shift)
 
 
+_NO_CANDIDATES = np.empty(0, np.uint32)
+
+
 def high_histogram(expert, base) -> np.ndarray:
     """int64[HIGH_BINS]: `select.high_histogram(expert − base)` in float32."""
     (e, shift), (b, _) = _bits(expert), _bits(base)
     hist = np.zeros(select.HIGH_BINS, np.int64)
-    _high_counts(e, b, shift, hist)
+    _high_counts(e, b, shift, hist, np.uint32(1), np.uint32(0), _NO_CANDIDATES)
     return hist
+
+
+@dataclasses.dataclass
+class HighPass:
+    """A tensor's high-digit histogram, and the |τ| bits of the buckets [first, last]."""
+
+    histogram: np.ndarray  # int64[HIGH_BINS]
+    first: int
+    last: int
+    candidates: np.ndarray | None  # uint32 bits; None if they did not fit
+
+    def low_histogram(self, high_digit: int) -> np.ndarray | None:
+        """The low-digit histogram inside bucket `high_digit`, if the candidates hold it."""
+        if self.candidates is None or not self.first <= high_digit <= self.last:
+            return None
+        inside = self.candidates[self.candidates >> np.uint32(16) == high_digit]
+        low = inside & np.uint32(0xFFFF)
+        return np.bincount(low, minlength=select.LOW_BINS).astype(np.int64)
+
+
+def high_pass(expert, base, k: int) -> HighPass:
+    """The high-digit histogram of |τ| = |expert − base|, keeping on the way the elements of
+    the buckets where a sample says the k-th largest lies, so that the low-digit
+    histogram (`low_histogram_after`) usually needs no second pass over the tensor.
+
+    The sample is every SAMPLE_STRIDE-th element; the buckets kept are those holding its
+    ranks k·m/n ± SAMPLE_SIGMAS binomial standard deviations (m sampled of n). Whether the
+    k-th largest is among them is known only from the exact histogram, so the result is
+    exact either way; a miss costs the second pass.
+    """
+    (e, shift), (b, _) = _bits(expert), _bits(base)
+    n = e.size
+    hist = np.zeros(select.HIGH_BINS, np.int64)
+    if n < MIN_SAMPLED_SIZE or not 0 < k <= n:
+        _high_counts(e, b, shift, hist, np.uint32(1), np.uint32(0), _NO_CANDIDATES)
+        return HighPass(hist, 1, 0, None)
+    sample = np.zeros(select.HIGH_BINS, np.int64)
+    sampled_e, sampled_b = _sample(e), _sample(b)
+    _high_counts(sampled_e, sampled_b, shift, sample, np.uint32(1), np.uint32(0), _NO_CANDIDATES)
+    m = sampled_e.size
+    p = k / n
+    rank, spread = p * m, SAMPLE_SIGMAS * math.sqrt(m * p * (1 - p)) + 1
+    last = int(select.resolve_digit(sample, max(1, math.floor(rank - spread)))[0])
+    first = int(select.resolve_digit(sample, min(m, math.ceil(rank + spread)))[0])
+    candidates = np.empty(n // CANDIDATE_FRACTION + 1024, np.uint32)
+    count = _high_counts(e, b, shift, hist, np.uint32(first), np.uint32(last), candidates)
+    return HighPass(hist, first, last, candidates[:count] if count <= candidates.size else None)
+
+
+def _sample(bits: np.ndarray) -> np.ndarray:
+    """The first SAMPLE_RUN elements of every SAMPLE_RUN·SAMPLE_STRIDE: 1/SAMPLE_STRIDE of
+    the tensor, read in runs (a strided gather would touch every cache line)."""
+    block = SAMPLE_RUN * SAMPLE_STRIDE
+    whole = bits[: bits.size - bits.size % block].reshape(-1, block)
+    return np.ascontiguousarray(whole[:, :SAMPLE_RUN]).reshape(-1)
+
+
+def low_histogram_after(expert, base, passed: HighPass, high_digit) -> np.ndarray:
+    """`low_histogram(expert, base, high_digit)`, from the candidates of `passed` if they
+    hold that bucket, else by a second pass."""
+    low = passed.low_histogram(int(high_digit))
+    return low if low is not None else low_histogram(expert, base, high_digit)
 
 
 def low_histogram(expert, base, high_digit) -> np.ndarray:

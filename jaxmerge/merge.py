@@ -356,7 +356,9 @@ def _low_pass(expert: jax.Array, base: jax.Array, digit) -> jax.Array:
 
 def _on_host(experts, base) -> bool:
     """Whether the histograms run in host_select's loops (one CPU device) rather than XLA."""
-    from jaxmerge import host_select  # numba: imported by the merges that select
+    if len(base.sharding.device_set) != 1:
+        return False  # without importing numba
+    from jaxmerge import host_select  # numba: imported by the merges that count on the host
 
     return host_select.usable([*experts, base])
 
@@ -456,12 +458,23 @@ def tensor_thresholds(
     one that selects (a sort of the sample, a conditional fallback), once per shape.
     """
     k = select.count_for_fraction(density, int(np.prod(base.shape)))
-    high = _high_histograms(experts, base) if k else None
+    if k and _on_host(experts, base):  # one pass, usually: see host_select.high_pass
+        from jaxmerge import host_select
+
+        passes = host_select.per_expert(host_select.high_pass, experts, base, [k] * len(experts))
+        high = np.stack([p.histogram for p in passes])
+
+        def low_of(digits):
+            after = host_select.low_histogram_after
+            return np.stack(host_select.per_expert(after, experts, base, passes, digits))
+    else:
+        high = _high_histograms(experts, base) if k else None
+        low_of = lambda digits: _low_histograms(experts, base, digits)  # noqa: E731
     if check is not None:
         check(high, experts, base)
     if k == 0:
         return jnp.full((len(experts),), jnp.inf, jnp.float32)
-    return _thresholds(high, lambda digits: _low_histograms(experts, base, digits), k)
+    return _thresholds(high, low_of, k)
 
 
 def _metadata_digest(reader) -> str:

@@ -76,3 +76,32 @@ def test_usable_only_for_one_cpu_device_and_bfloat16_or_float32():
             jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data")),
         )
         assert not host_select.usable([spread, spread])
+
+
+@pytest.mark.parametrize("dtype", [BF16, np.dtype(np.float32)], ids=["bfloat16", "float32"])
+@pytest.mark.parametrize("density", [0.001, 0.2, 0.9, 1.0])
+def test_high_pass_candidates_give_the_exact_low_histogram(dtype, density):
+    """The sampled candidates, when they hold the k-th largest's bucket, give exactly the
+    second pass's histogram; either way low_histogram_after equals the second pass."""
+    expert, base = inputs(dtype, (1024, host_select.MIN_SAMPLED_SIZE // 1024 + 7), 3, False)
+    k = select.count_for_fraction(density, base.size)
+    passed = host_select.high_pass(expert, base, k)
+    np.testing.assert_array_equal(passed.histogram, host_select.high_histogram(expert, base))
+    digit, _ = select.resolve_digit(passed.histogram, k)
+    if density == 0.2:  # TIES' default: the sample finds the bucket (fixed seed)
+        assert passed.low_histogram(int(digit)) is not None
+    outside = {d for d in (passed.first - 1, passed.last + 1) if 0 <= d < select.HIGH_BINS}
+    for d in {int(digit), *outside}:
+        np.testing.assert_array_equal(
+            host_select.low_histogram_after(expert, base, passed, d),
+            host_select.low_histogram(expert, base, d),
+        )
+
+
+def test_tensor_thresholds_on_host_equal_a_sort():
+    expert, base = inputs(BF16, (1024, host_select.MIN_SAMPLED_SIZE // 1024), 5, False)
+    for density in (0.05, 0.2, 0.5):
+        k = select.count_for_fraction(density, base.size)
+        magnitude = np.abs(np.asarray(merge._task_vector(expert, base))).ravel()
+        (threshold,) = np.asarray(merge.tensor_thresholds([expert], base, density))
+        assert threshold == np.sort(magnitude)[-k]

@@ -33,7 +33,8 @@ The result equals `np.sort(np.abs(x).ravel())[-k]` exactly, ties included
 non-finite inputs before they get here.
 
 Counts are int32 per call: one call covers < 2³¹ elements; the engine adds
-per-chunk histograms in int64 on the host.
+per-chunk histograms in int64 on the host. On one CPU device the engine counts
+the same histograms with `jaxmerge.host_select` (numba) instead of XLA's scatters.
 """
 
 from collections.abc import Sequence
