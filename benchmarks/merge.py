@@ -13,47 +13,54 @@ files, alternating with jaxmerge run by run so both see the same machine,
 and the ratio is printed. mergekit's TIES trims per tensor; compare it with
 `ties (trim=tensor)`, and `ties (trim=global)` for the original TIES.
 
-jaxmerge fsyncs each parameter before journaling it (resume after kill -9, a finished
-output survives a power cut); mergekit leaves its output in the page cache. So each run
-is also timed to a `sync` after it ("durable"), and the disk's own floor for writing the
-output durably is measured first.
+jaxmerge journals each parameter once its data is fdatasync'd, on a thread behind the
+writes (resume after kill -9; a finished output survives a power cut); mergekit leaves
+its output in the page cache. So each run is also timed to a `sync` after it
+("durable"), and the disk's own floor for writing the output durably is measured first.
+jaxmerge keeps its compiled kernels between runs (JAX's persistent compilation cache):
+"cold s" is each method's first run with that cache emptied, the other columns the
+best of --repeats runs after it.
 
-Measured 2026-11-23 (2 vCPUs, 24 GB, quiet machine, mergekit 0.1.5 + torch 2.13 CPU,
-`benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml`); disk floor 6.9 s in this run
-(5.4 s in an earlier one: the VM's disk and CPUs vary by the hour, hence side by side):
+Measured 2026-11-23 on the final code (2 vCPUs, 24 GB, mergekit 0.1.5 + torch 2.13 CPU):
+`benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml --repeats 2` (disk floor
+7.0 s), and TIES per tensor again after its last change, `--methods ties:tensor`
+(disk floor 8.3 s). The floor measured 3.9-8.3 s over the day: the VM's disk and CPUs
+vary by the hour, hence side by side.
 
-    method             jaxmerge s  RSS GB   mergekit s  RSS GB  speed-up (durable)
-    task_arithmetic         10.9    1.36        30.0     5.83   2.7× (3.0×)
-    ties (global)           25.3    1.45           -        -
-    ties (tensor)           22.3    1.24       243.7     6.09   10.9× (11.1×)
-    dare_ties               40.0    3.20        92.8     6.02   2.3× (2.4×)
+    method            cold s  jaxmerge s  RSS GB   mergekit s  RSS GB  speed-up (durable)
+    task_arithmetic      9.3         8.2    1.33         26.8    5.84  3.3× (3.7×)
+    ties (global)       17.6        16.4    1.98            -       -
+    ties (tensor)       15.3        11.5    1.19        234.4    6.25  20.4× (20.6×)
+    dare_ties           40.5        36.1    3.23         82.0    6.04  2.3× (2.3×)
 
-and out of core, `--experts 8 --memory_budget 4GB` (19.9 GB of inputs): ties (global)
-62.1 s at 3.05 GB peak RSS, ties (tensor) 56.2 s / 2.30 GB, task_arithmetic 13.4 s / 2.76 GB.
+Out of core, `--experts 8 --memory_budget 4GB --mergekit ''` (19.9 GB of inputs, warm):
+ties (global) 33.5 s at 3.31 GB peak RSS (62.1 s / 3.05 GB before this round), ties
+(tensor) 22.2 s / 2.16 GB, task_arithmetic 12.2 s / 2.42 GB.
 
-Where the time goes (py-spy, GLIBC_TUNABLES, JAX_LOG_COMPILES):
-- task arithmetic is at the disk: the durable write of 2.2 GB (5.4-6.9 s) is most of it,
-  and about 1.5 s is starting Python and JAX. 8× mergekit (2.7-3.8 s) is below that floor.
-- TIES is the exact selection: two histogram passes (XLA scatters, 1.7 and 2.5 ns an
-  element on one core) per expert per tensor; compiles are 1.8 s in all. The one-pass
-  sampled bracket (select.py) costs as much as both passes here and misses on the heavily
-  tied task vectors of bf16 inputs, so the engine uses the two passes.
-- System time: `perf record` put 23% of TIES' samples in the kernel zeroing fresh pages
-  (clear_page_erms) for XLA:CPU's buffers, which every execution allocates anew; huge
-  pages make the zeroing cheaper, not rarer. Histogram passes over 8 row blocks (index
-  buffers small enough for malloc to keep and reuse, glibc.malloc.mmap_threshold=32 MiB)
-  took TIES (tensor) from 23-24 s to 19-21 s, system time 11-12 s → 7-8 s. Smaller row
-  blocks for the merge kernel, finding thresholds on the reading thread and 2 CPU
-  devices measured no gain.
+Where the time goes:
+- Task arithmetic is at the disk. Its 8.2 s is within 1.2 s of the 7.0 s this disk needs
+  to write the 2.2 GB output durably, and mergekit's own durable time (30.6 s) is only
+  4.4× that floor, so no tool that makes its output durable can be 8× faster here. Until
+  the output was synced behind the writes, every parameter waited for its fsync in turn
+  (9.4 → 7.6 s alternating runs, same code otherwise).
+- TIES is the exact selection: a high-digit histogram of |τᵢ| per expert per tensor, then
+  a low-digit one inside the bucket of the k-th largest. On one CPU device numba loops
+  count them (jaxmerge/host_select.py, ~1.2 ns an element against XLA:CPU's scatter at
+  1.9-2.0), one expert per core; per tensor, a 1/64 sample picks the few buckets to keep
+  on the way, so the low histogram usually needs no second pass. By step (TIES per
+  tensor, warm, merge alone): XLA's scatters 16.6-17.2 s → numba's two passes 12.0 s;
+  then, in alternating runs against the step before (3 each): NaN/Inf found in those
+  histograms instead of by a bit test of every input 13.4 → 12.1 s, one pass 12.5 →
+  11.6 s. A cold run adds the compiles (about 4 s before the histograms left XLA).
 - DARE is threefry: the design keys every mask by (seed, name, expert) with JAX's
   partitionable threefry so outputs agree on 1, 8 or N devices, and drawing 2.2B
-  uniforms is most of its 39.8 s (see benchmarks/methods.py for the per-value cost).
-- Before this round, system time was most of a merge: glibc served XLA's buffers with
-  fresh 4 KiB pages (zero-filled at ~1.5 GB/s) and unmapped them on free. The command now
-  runs with glibc.malloc.hugetlb=1 (jaxmerge/main.py), reads safetensors by mapping them
-  (zero-copy into XLA:CPU buffers), writes on a thread of its own and checks NaN/Inf with
-  a host bit test instead of XLA reductions: TA went 11 s → 8.4 s, TIES (tensor) 46 s →
-  ~20 s with peak RSS 3.1 → 1.2 GB, the out-of-core TIES 136 s → 62 s.
+  uniforms is most of its time (see benchmarks/methods.py for the per-value cost).
+- System time: XLA:CPU allocates every output and temporary anew per execution; the
+  command runs with glibc.malloc.hugetlb=1 (jaxmerge/main.py) so the kernel zeroes huge
+  pages rather than 4 KiB ones, reads safetensors by mapping them (zero-copy into XLA:CPU
+  buffers, not donated: XLA would copy a mapped buffer to take it over, 1.12 → 0.77 ns an
+  element for the task-arithmetic kernel), writes on a thread of its own and checks
+  NaN/Inf with a host bit test instead of XLA reductions.
 """
 
 import argparse
