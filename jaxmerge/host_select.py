@@ -61,21 +61,25 @@ def _abs_difference(expert_bits, base_bits, out_bits):
 
 
 @numba.njit(nogil=True, cache=True)
+def _chunk_bits(expert, base, shift, start, m, scratch):
+    """Bits of |expert − base| for elements [start, start + m), in scratch (3 × CHUNK)."""
+    _widen(expert[start : start + m], shift, scratch[0])
+    _widen(base[start : start + m], shift, scratch[1])
+    return _abs_difference(scratch[0, :m], scratch[1, :m], scratch[2, :m].view(np.float32))
+
+
+@numba.njit(nogil=True, cache=True)
 def _high_counts(expert, base, shift, hist, first_digit, last_digit, candidates):
     """Adds the high-digit histogram to `hist`; keeps the bits of every |τ| whose high digit
     lies in [first_digit, last_digit] in `candidates` (if not empty). Returns how many
     there were: more than candidates.size means they did not all fit."""
-    widened_e = np.empty(CHUNK, np.uint32)
-    widened_b = np.empty(CHUNK, np.uint32)
-    magnitude = np.empty(CHUNK, np.float32)
+    scratch = np.empty((3, CHUNK), np.uint32)
     sub = np.zeros((SUB_HISTOGRAMS, hist.size), np.int64)
     span = last_digit - first_digit
     count = 0
     for start in range(0, expert.size, CHUNK):
         m = min(CHUNK, expert.size - start)
-        _widen(expert[start : start + m], shift, widened_e)
-        _widen(base[start : start + m], shift, widened_b)
-        bits = _abs_difference(widened_e[:m], widened_b[:m], magnitude[:m])
+        bits = _chunk_bits(expert, base, shift, start, m, scratch)
         whole = m - m % SUB_HISTOGRAMS
         if candidates.size == 0:
             for j in range(0, whole, SUB_HISTOGRAMS):
@@ -104,14 +108,10 @@ def _high_counts(expert, base, shift, hist, first_digit, last_digit, candidates)
 
 @numba.njit(nogil=True, cache=True)
 def _low_counts(expert, base, shift, high_digit, hist):
-    widened_e = np.empty(CHUNK, np.uint32)
-    widened_b = np.empty(CHUNK, np.uint32)
-    magnitude = np.empty(CHUNK, np.float32)
+    scratch = np.empty((3, CHUNK), np.uint32)
     for start in range(0, expert.size, CHUNK):
         m = min(CHUNK, expert.size - start)
-        _widen(expert[start : start + m], shift, widened_e)
-        _widen(base[start : start + m], shift, widened_b)
-        bits = _abs_difference(widened_e[:m], widened_b[:m], magnitude[:m])
+        bits = _chunk_bits(expert, base, shift, start, m, scratch)
         for j in range(m):
             if bits[j] >> np.uint32(16) == high_digit:
                 hist[bits[j] & np.uint32(0xFFFF)] += 1
@@ -174,12 +174,11 @@ def high_pass(expert, base, k: int) -> HighPass:
     k-th largest is among them is known only from the exact histogram, so the result is
     exact either way; a miss costs the second pass.
     """
-    (e, shift), (b, _) = _bits(expert), _bits(base)
-    n = e.size
-    hist = np.zeros(select.HIGH_BINS, np.int64)
+    n = int(np.prod(base.shape))
     if n < MIN_SAMPLED_SIZE or not 0 < k <= n:
-        _high_counts(e, b, shift, hist, np.uint32(1), np.uint32(0), _NO_CANDIDATES)
-        return HighPass(hist, 1, 0, None)
+        return HighPass(high_histogram(expert, base), 1, 0, None)
+    (e, shift), (b, _) = _bits(expert), _bits(base)
+    hist = np.zeros(select.HIGH_BINS, np.int64)
     sample = np.zeros(select.HIGH_BINS, np.int64)
     sampled_e, sampled_b = _sample(e), _sample(b)
     _high_counts(sampled_e, sampled_b, shift, sample, np.uint32(1), np.uint32(0), _NO_CANDIDATES)
@@ -221,10 +220,8 @@ def per_expert(histogram, experts, base, *per_expert_args) -> list[np.ndarray]:
     global _pool
     if _pool is None:
         _pool = ThreadPoolExecutor(os.cpu_count() or 1, thread_name_prefix="jaxmerge-select")
-    calls = [(e, *args) for e, *args in zip(experts, *per_expert_args, strict=True)]
-    if not per_expert_args:
-        calls = [(e,) for e in experts]
-    futures = [_pool.submit(histogram, call[0], base, *call[1:]) for call in calls]
+    calls = zip(experts, *per_expert_args, strict=True)
+    futures = [_pool.submit(histogram, e, base, *args) for e, *args in calls]
     return [f.result() for f in futures]
 
 

@@ -354,13 +354,14 @@ def _low_pass(expert: jax.Array, base: jax.Array, digit) -> jax.Array:
     return sum(select.low_histogram(t, digit) for t in _row_blocks(_task_vector(expert, base)))
 
 
-def _on_host(experts, base) -> bool:
-    """Whether the histograms run in host_select's loops (one CPU device) rather than XLA."""
+def _host_select(experts, base):
+    """The host_select module if its loops can count these arrays' histograms (one CPU
+    device), else None: XLA's scatters count them."""
     if len(base.sharding.device_set) != 1:
-        return False  # without importing numba
+        return None  # without importing numba
     from jaxmerge import host_select  # numba: imported by the merges that count on the host
 
-    return host_select.usable([*experts, base])
+    return host_select if host_select.usable([*experts, base]) else None
 
 
 def _warm_up_host_select(dtypes) -> None:
@@ -379,19 +380,15 @@ def _warm_up_host_select(dtypes) -> None:
 def _high_histograms(experts: Sequence[jax.Array], base: jax.Array) -> np.ndarray:
     """int64[K, HIGH_BINS]: every expert's high-digit histogram of |τᵢ|, all dispatched
     before any is fetched (one host sync). The same counts on the host or with XLA."""
-    if _on_host(experts, base):
-        from jaxmerge import host_select
-
-        return np.stack(host_select.per_expert(host_select.high_histogram, experts, base))
+    if host := _host_select(experts, base):
+        return np.stack(host.per_expert(host.high_histogram, experts, base))
     return np.stack(jax.device_get([_high_pass(e, base) for e in experts])).astype(np.int64)
 
 
 def _low_histograms(experts: Sequence[jax.Array], base: jax.Array, digits) -> np.ndarray:
     """int64[K, LOW_BINS]: expert i's low-digit histogram inside its bucket digits[i]."""
-    if _on_host(experts, base):
-        from jaxmerge import host_select
-
-        return np.stack(host_select.per_expert(host_select.low_histogram, experts, base, digits))
+    if host := _host_select(experts, base):
+        return np.stack(host.per_expert(host.low_histogram, experts, base, digits))
     pairs = zip(experts, digits, strict=True)
     return np.stack(jax.device_get([_low_pass(e, base, d) for e, d in pairs])).astype(np.int64)
 
@@ -458,15 +455,14 @@ def tensor_thresholds(
     one that selects (a sort of the sample, a conditional fallback), once per shape.
     """
     k = select.count_for_fraction(density, int(np.prod(base.shape)))
-    if k and _on_host(experts, base):  # one pass, usually: see host_select.high_pass
-        from jaxmerge import host_select
-
-        passes = host_select.per_expert(host_select.high_pass, experts, base, [k] * len(experts))
+    if k and (host := _host_select(experts, base)):  # one pass, usually: host_select.high_pass
+        passes = host.per_expert(host.high_pass, experts, base, [k] * len(experts))
         high = np.stack([p.histogram for p in passes])
 
         def low_of(digits):
-            after = host_select.low_histogram_after
-            return np.stack(host_select.per_expert(after, experts, base, passes, digits))
+            return np.stack(
+                host.per_expert(host.low_histogram_after, experts, base, passes, digits)
+            )
     else:
         high = _high_histograms(experts, base) if k else None
         low_of = lambda digits: _low_histograms(experts, base, digits)  # noqa: E731
