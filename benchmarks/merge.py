@@ -23,14 +23,15 @@ best of --repeats runs after it.
 
 Measured 2026-11-23 on the final code (2 vCPUs, 24 GB, mergekit 0.1.5 + torch 2.13 CPU):
 `benchmarks/merge.py --mergekit /tmp/mk/bin/mergekit-yaml --repeats 2` (disk floor
-7.0 s), and TIES per tensor again after its last change, `--methods ties:tensor`
-(disk floor 8.3 s). The floor measured 3.9-8.3 s over the day: the VM's disk and CPUs
-vary by the hour, hence side by side.
+7.0 s); TIES per tensor measured again after its last changes with `--methods ties:tensor`
+(floor 8.3 s: 11.5 s vs 234.4 s, 20.4×) and, last, with `--methods ties:tensor
+task_arithmetic` (floor 6.4 s), whose rows are below. The floor measured 3.9-8.3 s over
+the day: the VM's disk and CPUs vary by the hour, hence side by side.
 
     method            cold s  jaxmerge s  RSS GB   mergekit s  RSS GB  speed-up (durable)
-    task_arithmetic      9.3         8.2    1.33         26.8    5.84  3.3× (3.7×)
+    task_arithmetic      9.1         6.8    1.33         20.5    5.84  3.0× (3.4×)
     ties (global)       17.6        16.4    1.98            -       -
-    ties (tensor)       15.3        11.5    1.19        234.4    6.25  20.4× (20.6×)
+    ties (tensor)       15.3         9.5    1.18        230.7    6.17  24.3× (24.6×)
     dare_ties           40.5        36.1    3.23         82.0    6.04  2.3× (2.3×)
 
 Out of core, `--experts 8 --memory_budget 4GB --mergekit ''` (19.9 GB of inputs, warm):
@@ -38,9 +39,10 @@ ties (global) 33.5 s at 3.31 GB peak RSS (62.1 s / 3.05 GB before this round), t
 (tensor) 22.2 s / 2.16 GB, task_arithmetic 12.2 s / 2.42 GB.
 
 Where the time goes:
-- Task arithmetic is at the disk. Its 8.2 s is within 1.2 s of the 7.0 s this disk needs
-  to write the 2.2 GB output durably, and mergekit's own durable time (30.6 s) is only
-  4.4× that floor, so no tool that makes its output durable can be 8× faster here. Until
+- Task arithmetic is at the disk. Its 6.8 s is within 0.4 s of the 6.4 s this disk needed
+  to write the 2.2 GB output durably in that run, and mergekit's own durable time (23.1 s)
+  is 3.6× that floor (4.4× in the run before: 30.6 s against 7.0 s), so no tool that makes
+  its output durable can be 8× faster here. Until
   the output was synced behind the writes, every parameter waited for its fsync in turn
   (9.4 → 7.6 s alternating runs, same code otherwise).
 - TIES is the exact selection: a high-digit histogram of |τᵢ| per expert per tensor, then
