@@ -14,7 +14,8 @@ import collections
 
 import numpy as np
 
-from jaxmerge import gin_utils, tasks, train
+from jaxmerge import tasks, training
+from jaxmerge.cli import gin_flags
 from jaxmerge.models import decoding
 from jaxmerge.tasks import held_in, held_out, registry
 
@@ -63,9 +64,9 @@ def main() -> None:
     parser.add_argument("--split", default="validation")
     parser.add_argument("--max_examples", type=int, default=100)
     args = parser.parse_args()
-    gin_utils.parse([args.gin_file], ["DROPOUT_RATE = 0.0"])
-    config = gin_utils.macro("MODEL")
-    params, step, _ = train.restore_checkpoint(args.checkpoint)
+    gin_flags.parse([args.gin_file], ["DROPOUT_RATE = 0.0"])
+    config = gin_flags.macro("MODEL")
+    params, step, _ = training.restore_checkpoint(args.checkpoint)
     vocab = tasks.vocabulary()
     print(f"checkpoint {args.checkpoint} (step {step}), split {args.split}")
     print("| kind | category | dataset | accuracy | majority baseline |\n|---|---|---|---|---|")

@@ -26,7 +26,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmerge import gin_utils, train
+from jaxmerge import training
+from jaxmerge.cli import gin_flags
 from jaxmerge.models import params, t5
 
 LENGTHS = {"inputs": 256, "targets": 64}
@@ -80,13 +81,13 @@ def synthetic_batch(batch: int, rng: np.random.Generator) -> dict:
 
 
 def bench(size: str, batch: int, steps: int, peak: float) -> dict:
-    gin_utils.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
-    config = gin_utils.macro("MODEL")
-    tx = train.adafactor(train.constant(1e-3))
+    gin_flags.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
+    config = gin_flags.macro("MODEL")
+    tx = training.adafactor(training.constant(1e-3))
     p = params.unbox(t5.init_params(config, jax.random.key(0)))
     n_params = sum(x.size for x in jax.tree.leaves(p))
     state = tx.init(p)
-    step_fn = train.make_train_step(config, tx)
+    step_fn = training.make_train_step(config, tx)
     b = jax.device_put(synthetic_batch(batch, np.random.default_rng(0)))
     rng = jax.random.key(0)
     compiled = step_fn.lower(p, state, b, rng, 0).compile()

@@ -1,5 +1,5 @@
 import sys
 
-from jaxmerge.main import main
+from jaxmerge.cli.main import main
 
 sys.exit(main())

@@ -17,7 +17,6 @@ import math
 import re
 from collections.abc import Mapping, Sequence
 
-import gin
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -46,10 +45,6 @@ def make_mesh(shape: Sequence[int] = (-1,), axis_names: Sequence[str] = ("data",
     # a mesh axis (jax.make_mesh's default, Explicit, would make it).
     auto = (jax.sharding.AxisType.Auto,) * len(shape)
     return jax.make_mesh(tuple(shape), tuple(axis_names), axis_types=auto)
-
-
-# `--gin.configured_mesh.shape = (4, 2)` etc.; the plain function above stays gin-free.
-configured_mesh = gin.external_configurable(make_mesh, "configured_mesh", module="jaxmerge")
 
 
 def fit_spec(

@@ -3,7 +3,7 @@
 Every case must exit with status 2 and exactly one line on stderr that names the file or the
 flag, and the parameter where there is one; afterwards no finished output exists, and an
 output that existed before (cases run with --overwrite over it) is untouched. The CLI runs
-in-process (`jaxmerge.main.main`) on tiny generated checkpoints shared by the module; the
+in-process (`jaxmerge.cli.main.main`) on tiny generated checkpoints shared by the module; the
 file-size limit needs its own process, for RLIMIT_FSIZE.
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from jaxmerge import checkpoints
-from jaxmerge.main import main
+from jaxmerge.cli.main import main
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 BF16 = ml_dtypes.bfloat16
@@ -515,7 +515,7 @@ import resource, signal, sys
 limit = int(sys.argv.pop(1))
 resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # so a write past the limit fails with EFBIG
-from jaxmerge.main import main
+from jaxmerge.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

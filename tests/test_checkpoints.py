@@ -19,7 +19,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxmerge import checkpoints
-from jaxmerge.checkpoints import ParamInfo, _layout
+from jaxmerge.checkpoints import ParamInfo, shards, tensorstore_arrays
 from jaxmerge.errors import CheckpointError
 
 FORMATS = checkpoints.FORMATS
@@ -209,7 +209,7 @@ def test_reader_reads_safetensors_written_by_the_library(tmp_path):
 def run_inspect(*args):
     """`python -m jaxmerge inspect ...` through main(), with only this branch's commands."""
     code = (
-        "import sys, jaxmerge.main as m\n"
+        "import sys, jaxmerge.cli.main as m\n"
         "m.COMMANDS = {'inspect': m.COMMANDS['inspect']}\n"
         "sys.exit(m.main(sys.argv[1:]))"
     )
@@ -251,7 +251,7 @@ def test_inspect_bad_input_exit_2_one_line(tmp_path):
 
 def test_inspect_through_the_jaxmerge_command(run_cli, tmp_path):
     """The real `python -m jaxmerge inspect` (needs every registered command importable)."""
-    pytest.importorskip("jaxmerge.demo", reason="the demo command is not on this branch yet")
+    pytest.importorskip("jaxmerge.cli.demo", reason="the demo command is not on this branch yet")
     write(tmp_path / "m", "orbax", make_model(), step=2)
     result = run_cli("inspect", "--json", tmp_path / "m")
     assert result.returncode == 0, result.stderr
@@ -267,7 +267,7 @@ def test_inspect_through_the_jaxmerge_command(run_cli, tmp_path):
     target=st.integers(1, 1 << 16),
 )
 def test_chunk_shape_divides_the_shape_and_fits_the_target(shape, itemsize, target):
-    chunks = _layout.chunk_shape(shape, itemsize, target)
+    chunks = shards.chunk_shape(shape, itemsize, target)
     assert len(chunks) == len(shape)
     assert all(n % c == 0 for n, c in zip(shape, chunks, strict=True))
     # within the target unless every dimension is already down to 1
@@ -299,7 +299,7 @@ def test_safetensors_any_shapes_and_shard_sizes_round_trip(shapes, dtype, max_sh
 
 @pytest.mark.parametrize("fmt", ["t5x", "orbax"])
 def test_sharded_read_with_a_tiny_window_of_reads_in_flight(tmp_path, fmt, monkeypatch):
-    monkeypatch.setattr(_layout, "READ_WINDOW_BYTES", 1)  # one shard read at a time
+    monkeypatch.setattr(tensorstore_arrays, "READ_WINDOW_BYTES", 1)  # one shard read at a time
     model = make_model()
     write(tmp_path / "m", fmt, model)
     mesh = jax.make_mesh((4, 2), ("data", "model"))

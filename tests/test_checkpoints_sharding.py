@@ -9,6 +9,7 @@ from jax.sharding import PartitionSpec as P
 
 from jaxmerge import checkpoints, sharding
 from jaxmerge.checkpoints import ParamInfo
+from jaxmerge.cli import gin_flags
 from jaxmerge.errors import InputError
 
 
@@ -29,7 +30,7 @@ def test_mesh_shape_is_gin_configurable():
             "jaxmerge.configured_mesh.axis_names = ('data', 'model')"
         )
     try:
-        assert dict(sharding.configured_mesh().shape) == {"data": 2, "model": 4}
+        assert dict(gin_flags.configured_mesh().shape) == {"data": 2, "model": 4}
     finally:
         gin.clear_config()
 

@@ -31,8 +31,8 @@ import numpy as np
 import pytest
 
 from jaxmerge import checkpoints, failpoints
-from jaxmerge.checkpoints._layout import JOURNAL, LOCK_SUFFIX, OLD_SUFFIX, TMP_SUFFIX
-from jaxmerge.main import main as jaxmerge_main
+from jaxmerge.checkpoints.staging import JOURNAL, LOCK_SUFFIX, OLD_SUFFIX, TMP_SUFFIX
+from jaxmerge.cli.main import main as jaxmerge_main
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 FORMATS = ("safetensors", "t5x", "orbax")

@@ -7,7 +7,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxmerge import host_select, merge
+from jaxmerge.merging import host_select, thresholds
 from jaxmerge.methods import select
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -28,12 +28,12 @@ def inputs(dtype, shape, seed, special: bool):
 
 def xla_high(expert, base):
     return np.asarray(
-        jax.jit(lambda e, b: select.high_histogram(merge._task_vector(e, b)))(expert, base)
+        jax.jit(lambda e, b: select.high_histogram(thresholds._task_vector(e, b)))(expert, base)
     )
 
 
 def xla_low(expert, base, digit):
-    fn = jax.jit(lambda e, b, d: select.low_histogram(merge._task_vector(e, b), d))
+    fn = jax.jit(lambda e, b, d: select.low_histogram(thresholds._task_vector(e, b), d))
     return np.asarray(fn(expert, base, np.uint32(digit)))
 
 
@@ -56,10 +56,10 @@ def test_thresholds_equal_on_host_and_with_xla():
     for seed in range(3):
         expert, base = inputs(BF16, (256, 300), seed=7, special=False)
         experts.append(jnp.asarray((np.asarray(expert, np.float32) * (1 + seed)).astype(BF16)))
-    on_host = merge.tensor_thresholds(experts, base, 0.2)
+    on_host = thresholds.tensor_thresholds(experts, base, 0.2)
     k = select.count_for_fraction(0.2, base.size)
     expected = [
-        np.sort(np.abs(np.asarray(merge._task_vector(e, base))).ravel())[-k] for e in experts
+        np.sort(np.abs(np.asarray(thresholds._task_vector(e, base))).ravel())[-k] for e in experts
     ]
     np.testing.assert_array_equal(np.asarray(on_host), np.asarray(expected, np.float32))
 
@@ -102,6 +102,6 @@ def test_tensor_thresholds_on_host_equal_a_sort():
     expert, base = inputs(BF16, (1024, host_select.MIN_SAMPLED_SIZE // 1024), 5, False)
     for density in (0.05, 0.2, 0.5):
         k = select.count_for_fraction(density, base.size)
-        magnitude = np.abs(np.asarray(merge._task_vector(expert, base))).ravel()
-        (threshold,) = np.asarray(merge.tensor_thresholds([expert], base, density))
+        magnitude = np.abs(np.asarray(thresholds._task_vector(expert, base))).ravel()
+        (threshold,) = np.asarray(thresholds.tensor_thresholds([expert], base, density))
         assert threshold == np.sort(magnitude)[-k]

@@ -14,7 +14,7 @@ import pytest
 
 from jaxmerge import checkpoints
 from jaxmerge.errors import InputError
-from jaxmerge.merge import MergeConfig, merge_checkpoints, parse_bytes
+from jaxmerge.merging import MergeConfig, merge_checkpoints, parse_bytes
 from jaxmerge.methods import merge_trees
 
 SHAPES = {
@@ -315,7 +315,7 @@ def test_parse_bytes():
 @pytest.mark.parametrize("fmt", ["safetensors", "t5x"])
 def test_kill_9_midway_then_rerun_gives_the_same_bytes(tmp_path, run_cli, fmt):
     """A real SIGKILL once some parameters are journaled; the re-run resumes and matches."""
-    from jaxmerge.checkpoints._layout import JOURNAL, TMP_SUFFIX
+    from jaxmerge.checkpoints.staging import JOURNAL, TMP_SUFFIX
 
     rng = np.random.default_rng(0)
     shapes = {f"layers_{i}/kernel": (256, 256) for i in range(24)}

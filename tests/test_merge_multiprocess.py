@@ -10,7 +10,7 @@ import textwrap
 
 import pytest
 
-from jaxmerge.merge import MergeConfig, merge_checkpoints
+from jaxmerge.merging import MergeConfig, merge_checkpoints
 from tests.multiprocess import run_two_processes
 from tests.test_merge import make_models, read_all, write_all
 
@@ -26,7 +26,7 @@ WORKER = textwrap.dedent(
     jax.distributed.initialize(f"localhost:{port}", num_processes=2, process_id=int(pid),
                                initialization_timeout=60)
     assert jax.device_count() == 8 and jax.local_device_count() == 4
-    from jaxmerge.merge import MergeConfig, merge_checkpoints
+    from jaxmerge.merging import MergeConfig, merge_checkpoints
     config = MergeConfig(method=method, base=base, experts=experts, output=out, seed=7)
     merge_checkpoints(config, quiet=True, log=lambda *_: None)
     print("worker", pid, "done", flush=True)

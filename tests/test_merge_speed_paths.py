@@ -15,8 +15,11 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from jaxmerge import checkpoints, main, merge, nonfinite
+from jaxmerge import checkpoints
 from jaxmerge.checkpoints import ParamInfo
+from jaxmerge.cli import main
+from jaxmerge.merging import executor, nonfinite, plan
+from jaxmerge.merging.config import MergeConfig
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
 
@@ -43,13 +46,13 @@ def test_mapped_inputs_are_never_written(tmp_path, dtype):
         expert = {n: (a.astype(np.float32) + 0.1 * (i + 1)).astype(dtype) for n, a in base.items()}
         paths.append(_write(tmp_path / f"e{i}", expert))
     before = [_digest(p) for p in paths]
-    config = merge.MergeConfig(
+    config = MergeConfig(
         method="task_arithmetic",
         base=str(paths[0]),
         experts=[str(p) for p in paths[1:]],
         output=str(tmp_path / "out"),
     )
-    out = merge.merge_checkpoints(config, quiet=True, log=lambda *_: None)
+    out = executor.merge_checkpoints(config, quiet=True, log=lambda *_: None)
     assert [_digest(p) for p in paths] == before
     merged = checkpoints.open(out).read_numpy("w").astype(np.float32)
     expected = base["w"].astype(np.float32) + 0.1 + 0.2
@@ -73,11 +76,14 @@ def test_write_behind_raises_a_failed_write_and_writes_in_order():
             raise OSError(28, "No space left on device")
         written.append(name)
 
-    with merge.WriteBehind(write, limit=1 << 20) as out:
+    with executor.WriteBehind(write, limit=1 << 20) as out:
         for name in ["a", "b", "c"]:
             out.write(name, np.zeros(4, np.float32))
     assert written == ["a", "b", "c"]
-    with pytest.raises(OSError, match="No space"), merge.WriteBehind(write, limit=1 << 20) as out:
+    with (
+        pytest.raises(OSError, match="No space"),
+        executor.WriteBehind(write, limit=1 << 20) as out,
+    ):
         for name in ["d", "bad", "e", "f", "g"]:
             out.write(name, np.zeros(4, np.float32))
             if name == "bad":
@@ -138,9 +144,9 @@ class _Device:
 
 
 def test_default_budget_fits_host_and_device_memory(monkeypatch):
-    monkeypatch.setattr(merge.checkpoints, "free_memory", lambda: 64 << 30)
-    assert merge.default_budget([_Device(None)]) == merge.DEFAULT_BUDGET  # CPU: no stats
+    monkeypatch.setattr(plan.checkpoints, "free_memory", lambda: 64 << 30)
+    assert plan.default_budget([_Device(None)]) == plan.DEFAULT_BUDGET  # CPU: no stats
     gpu = _Device({"bytes_limit": 3 << 30, "bytes_in_use": 1 << 30})
-    assert merge.default_budget([gpu]) == 1 << 30
-    monkeypatch.setattr(merge.checkpoints, "free_memory", lambda: 1 << 30)
-    assert merge.default_budget([_Device(None)]) == 1 << 29
+    assert plan.default_budget([gpu]) == 1 << 30
+    monkeypatch.setattr(plan.checkpoints, "free_memory", lambda: 1 << 30)
+    assert plan.default_budget([_Device(None)]) == 1 << 29

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmerge import gin_utils
+from jaxmerge.cli import gin_flags
 from jaxmerge.models import decoding, hf_t5, params, t5
 
 # T5X's t5_1_1/tiny.gin sizes (vocab shrunk for speed).
@@ -90,8 +90,8 @@ def test_tied_embedding_has_no_logits_dense():
 )
 def test_gin_sizes_match_t5_1_1_parameter_counts(size, expected):
     """With T5's 32128-token vocabulary the gin sizes have T5 1.1's parameter counts."""
-    gin_utils.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
-    cfg = dataclasses.replace(gin_utils.macro("MODEL"), vocab_size=32128)
+    gin_flags.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
+    cfg = dataclasses.replace(gin_flags.macro("MODEL"), vocab_size=32128)
     shapes = jax.eval_shape(lambda: t5.init_params(cfg, jax.random.key(0)))
     assert sum(x.size for x in jax.tree.leaves(shapes)) == expected
 
@@ -181,8 +181,8 @@ FLAN_T5_SMALL_CONFIG = {  # the fields of google/flan-t5-small's config.json we 
 
 def test_hf_config_maps_to_t5_1_1_small():
     cfg = hf_t5.config_from_hf(FLAN_T5_SMALL_CONFIG)
-    gin_utils.parse(["gin_configs/models/t5_small.gin"], ["DROPOUT_RATE = 0.1"])
-    assert cfg == dataclasses.replace(gin_utils.macro("MODEL"), vocab_size=32128)
+    gin_flags.parse(["gin_configs/models/t5_small.gin"], ["DROPOUT_RATE = 0.1"])
+    assert cfg == dataclasses.replace(gin_flags.macro("MODEL"), vocab_size=32128)
 
 
 def test_hf_safetensors_import(tmp_path, small_params):

@@ -10,17 +10,18 @@ import numpy as np
 import pytest
 
 from jaxmerge import checkpoints
-from jaxmerge.checkpoints import _layout
+from jaxmerge.checkpoints.staging import JOURNAL, Staging
+from jaxmerge.checkpoints.sync_behind import SyncBehind
 
 
 def journal_names(staging) -> list[str]:
-    lines = (staging.tmp / _layout.JOURNAL).read_text().splitlines()
+    lines = (staging.tmp / JOURNAL).read_text().splitlines()
     return [json.loads(line)["done"] for line in lines[1:]]
 
 
 @pytest.fixture
 def staging(tmp_path):
-    staging = _layout.Staging(tmp_path / "out", {"run": "test"}, resume=False, overwrite=False)
+    staging = Staging(tmp_path / "out", {"run": "test"}, resume=False, overwrite=False)
     yield staging
     staging.close()
 
@@ -44,7 +45,7 @@ def test_journals_after_the_sync_in_the_order_written(staging, monkeypatch):
     monkeypatch.setattr(staging, "mark_done", mark_done)
     fd = os.open(staging.tmp / "data", os.O_WRONLY | os.O_CREAT)
     try:
-        sync = _layout.SyncBehind(staging)
+        sync = SyncBehind(staging)
         names = [f"p{i}" for i in range(20)]
         for name in names:
             os.pwrite(fd, name.encode(), 0)
@@ -68,7 +69,7 @@ def test_a_failed_sync_is_raised_and_nothing_after_it_is_journaled(staging, monk
     monkeypatch.setattr(os, "fdatasync", fdatasync)
     fd = os.open(staging.tmp / "data", os.O_WRONLY | os.O_CREAT)
     try:
-        sync = _layout.SyncBehind(staging)
+        sync = SyncBehind(staging)
         sync.written("a", fd)
         with pytest.raises(OSError, match="Input/output error"):
             sync.drain()

@@ -11,8 +11,8 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmerge import checkpoints, train
-from jaxmerge import main as cli
+from jaxmerge import checkpoints, training
+from jaxmerge.cli import main as cli
 from jaxmerge.errors import CheckpointError
 from jaxmerge.models import decoding, params, t5
 
@@ -32,15 +32,15 @@ LENGTHS = {"inputs": 96, "targets": 16}
 
 @pytest.fixture(scope="module")
 def batch():
-    cfg = train.DatasetConfig("jaxmerge_held_in_topic", LENGTHS, batch_size=8, seed=1)
-    return next(train.make_dataset(cfg, seed=1))
+    cfg = training.DatasetConfig("jaxmerge_held_in_topic", LENGTHS, batch_size=8, seed=1)
+    return next(training.make_dataset(cfg, seed=1))
 
 
 def test_few_steps_reduce_loss(batch):
-    tx = train.adafactor(train.constant(0.01))
+    tx = training.adafactor(training.constant(0.01))
     p = params.unbox(t5.init_params(TINY, jax.random.key(0)))
     state = tx.init(p)
-    step_fn = train.make_train_step(TINY, tx)
+    step_fn = training.make_train_step(TINY, tx)
     mesh = jax.sharding.Mesh(np.array(jax.devices()), ("data",))
     data = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("data"))
     sharded = jax.device_put(batch, data)
@@ -54,7 +54,7 @@ def test_few_steps_reduce_loss(batch):
 
 def test_loss_is_token_mean_cross_entropy(batch):
     p = params.unbox(t5.init_params(TINY, jax.random.key(0)))
-    loss = train.loss_fn(TINY, p, batch, jax.random.key(0), z_loss=0.0)
+    loss = training.loss_fn(TINY, p, batch, jax.random.key(0), z_loss=0.0)
     logits = t5.Transformer(TINY).apply(
         {"params": p},
         batch["encoder_input_tokens"],
@@ -70,13 +70,13 @@ def test_loss_is_token_mean_cross_entropy(batch):
 
 def test_t5x_checkpoint_roundtrip_through_model(tmp_path):
     p = params.unbox(t5.init_params(TINY, jax.random.key(3)))
-    tx = train.adafactor(train.constant(0.01))
-    path = train.save_checkpoint(tmp_path, 7, p, tx.init(p))
-    assert path.name == "checkpoint_7" and train.latest_checkpoint(tmp_path) == path
+    tx = training.adafactor(training.constant(0.01))
+    path = training.save_checkpoint(tmp_path, 7, p, tx.init(p))
+    assert path.name == "checkpoint_7" and training.latest_checkpoint(tmp_path) == path
     with checkpoints.open(path) as reader:  # T5X's format, as T5X restores it
         assert reader.format == "t5x" and reader.step == 7
         assert reader.params["decoder/logits_dense/kernel"].shape == (TINY.emb_dim, 384)
-    restored, step, opt_state = train.restore_checkpoint(path)
+    restored, step, opt_state = training.restore_checkpoint(path)
     assert step == 7 and opt_state is None
     assert params.flatten(restored).keys() == params.flatten(p).keys()
     x = jax.random.randint(jax.random.key(4), (2, 10), 1, 300)
@@ -92,11 +92,11 @@ def test_wrong_shapes_name_the_parameter(tmp_path):
     bigger = dataclasses.replace(TINY, mlp_dim=128)
     want = jax.eval_shape(lambda: params.unbox(t5.init_params(bigger, jax.random.key(0))))
     with pytest.raises(CheckpointError, match=r"mlp/wi_0/kernel: checkpoint has shape \(32, 64\)"):
-        train._check_params(p, want, tmp_path)
+        training._check_params(p, want, tmp_path)
 
 
 def test_train_is_a_cli_command():
-    assert cli.COMMANDS["train"][0] == "jaxmerge.train"
+    assert cli.COMMANDS["train"][0] == "jaxmerge.cli.train"
 
 
 def _train_cli(*args, cache=None, timeout=240):
@@ -150,20 +150,20 @@ def test_cli_pretrain_then_resume(tmp_path):
         "checkpoint_2",
         "checkpoint_4",
     ]
-    assert train.restore_checkpoint(model_dir / "checkpoint_4")[1] == 4
+    assert training.restore_checkpoint(model_dir / "checkpoint_4")[1] == 4
 
 
 def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
     p = params.unbox(t5.init_params(TINY, jax.random.key(8)))
-    tx = train.adafactor(train.constant(0.01))
-    initial = train.save_checkpoint(tmp_path / "base", 10, p, tx.init(p))
-    cfg = train.DatasetConfig("jaxmerge_held_in_sentiment", LENGTHS, batch_size=8)
+    tx = training.adafactor(training.constant(0.01))
+    initial = training.save_checkpoint(tmp_path / "base", 10, p, tx.init(p))
+    cfg = training.DatasetConfig("jaxmerge_held_in_sentiment", LENGTHS, batch_size=8)
     run = functools.partial(
-        train.train,
+        training.train,
         model=TINY,
         model_dir=str(tmp_path / "expert"),
         train_dataset_cfg=cfg,
-        learning_rate_fn=train.constant(0.001),
+        learning_rate_fn=training.constant(0.001),
         initial_checkpoint_path=str(initial),
         save_period=100,
         log_period=1,
@@ -172,7 +172,7 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
     assert "initialised from" in capsys.readouterr().out
     assert np.isfinite(metrics["loss"]) and metrics["tokens_per_s"] > 0
     assert sorted(x.name for x in (tmp_path / "expert").glob("checkpoint_*")) == ["checkpoint_12"]
-    tuned, step, _ = train.restore_checkpoint(tmp_path / "expert" / "checkpoint_12")
+    tuned, step, _ = training.restore_checkpoint(tmp_path / "expert" / "checkpoint_12")
     assert step == 12
     before, after = params.flatten(p), params.flatten(tuned)
     assert not np.allclose(
@@ -185,14 +185,14 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
 )
 @pytest.mark.parametrize("size", ["tiny", "mini", "small", "base", "large", "xl"])
 def test_recipes_parse(recipe, size):
-    from jaxmerge import gin_utils
+    from jaxmerge.cli import gin_flags
 
     required = ["MODEL_DIR = '/m'", "TRAIN_STEPS = 3", "INITIAL_CHECKPOINT_PATH = '/c'"]
     required.append("MIXTURE_OR_TASK_NAME = 'jaxmerge_held_in_topic'")
     files = [f"gin_configs/models/t5_{size}.gin", f"gin_configs/runs/{recipe}.gin"]
-    gin_utils.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
-    assert isinstance(gin_utils.macro("MODEL"), t5.T5Config)
-    assert gin_utils.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
+    gin_flags.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
+    assert isinstance(gin_flags.macro("MODEL"), t5.T5Config)
+    assert gin_flags.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
 
 
 def test_restore_from_hugging_face_directory(tmp_path):
@@ -209,7 +209,7 @@ def test_restore_from_hugging_face_directory(tmp_path):
     hf_config = {"d_model": 32, "d_kv": 16, "d_ff": 64, "num_heads": 2, "num_layers": 1}
     hf_config.update(vocab_size=384, feed_forward_proj="gated-gelu", tie_word_embeddings=False)
     (tmp_path / "config.json").write_text(json.dumps(hf_config))
-    restored, step, _ = train.restore_checkpoint(tmp_path)
+    restored, step, _ = training.restore_checkpoint(tmp_path)
     assert step == 0
     for name, value in params.flatten(restored).items():
         np.testing.assert_array_equal(value, flat[name], err_msg=name)

@@ -10,6 +10,11 @@ by name for t5x/orbax, file order for safetensors), `read(name, sharding)`, `rea
 `close()`; `read_sample(reader, name)` reads a small block of one parameter. Every Writer:
 `path`, `done`, `write(name, array)`, `finalize(extra_files)`, `abort()`, `close()` (releases
 the output lock after a failure; what is written stays for a resume).
+
+The pieces the formats share: `metadata` (ParamInfo, checked shapes/dtypes/names), `shards`
+(sharded assembly and chunking), `reader_base`, `staging` (staging directory, journal, output
+lock, commit), `sync_behind`, `tensorstore_arrays`. May import: jax, numpy, tensorstore,
+msgpack, jaxmerge.errors and jaxmerge.failpoints; nothing else of jaxmerge.
 """
 
 from __future__ import annotations
@@ -20,12 +25,9 @@ import re
 import numpy as np
 
 from jaxmerge.checkpoints import orbax, safetensors, t5x
-from jaxmerge.checkpoints._layout import (
-    SUPPORTED_DTYPES,
-    ParamInfo,
-    free_memory,
-    remove_stale_lock,
-)
+from jaxmerge.checkpoints.metadata import SUPPORTED_DTYPES, ParamInfo
+from jaxmerge.checkpoints.staging import remove_stale_lock
+from jaxmerge.checkpoints.tensorstore_arrays import free_memory
 from jaxmerge.errors import CheckpointError
 
 __all__ = [

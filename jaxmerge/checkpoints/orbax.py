@@ -31,8 +31,19 @@ import numpy as np
 import tensorstore as ts
 
 from jaxmerge import failpoints
-from jaxmerge.checkpoints import _layout
-from jaxmerge.checkpoints._layout import Index, ParamInfo
+from jaxmerge.checkpoints.metadata import (
+    Index,
+    ParamInfo,
+    check_array,
+    check_tree_names,
+    params_header,
+    parse_dtype,
+    parse_step,
+)
+from jaxmerge.checkpoints.reader_base import ReaderBase
+from jaxmerge.checkpoints.shards import host_shards, write_chunks
+from jaxmerge.checkpoints.staging import Staging, write_file
+from jaxmerge.checkpoints.tensorstore_arrays import TsArrays, ts_result
 from jaxmerge.errors import CheckpointError
 
 METADATA = "_METADATA"
@@ -89,7 +100,7 @@ def _step_from_dir_name(path: pathlib.Path) -> int | None:
     return None
 
 
-class Reader(_layout.ReaderBase):
+class Reader(ReaderBase):
     """Reads an Orbax PyTree checkpoint, one leaf (or one shard of it) at a time.
 
     Names: for a T5X train state (a top-level 'target'), the leaves under target/ without
@@ -138,7 +149,7 @@ class Reader(_layout.ReaderBase):
             prefix = ("target",)
         elif "params" in top:
             prefix = ("params",)
-        self._arrays = _layout.TsArrays(**{"cache_pool#ocdbt": {"total_bytes_limit": 10**8}})
+        self._arrays = TsArrays(**{"cache_pool#ocdbt": {"total_bytes_limit": 10**8}})
         self._keys: dict[str, str] = {}
         futures = {}
         for keys in leaves:
@@ -152,8 +163,8 @@ class Reader(_layout.ReaderBase):
         self.params: dict[str, ParamInfo] = {}
         for name, future in futures.items():
             where = f"{directory}: parameter {name}"
-            store = _layout.ts_result(future, where)
-            dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
+            store = ts_result(future, where)
+            dtype = parse_dtype(store.dtype.numpy_dtype.name, where)
             self._arrays.add(name, store, where)
             self.params[name] = ParamInfo(tuple(store.shape), dtype)
         self.params = {n: self.params[n] for n in sorted(self.params)}
@@ -165,8 +176,8 @@ class Reader(_layout.ReaderBase):
                     "kvstore": _kvstore(directory, ".".join(keys), self._use_ocdbt),
                 }
                 where = f"{directory}: {'/'.join(keys)}"
-                store = _layout.ts_result(self._arrays.open("/".join(keys), spec), where)
-                self.step = _layout.parse_step(_layout.ts_result(store.read(), where), where)
+                store = ts_result(self._arrays.open("/".join(keys), spec), where)
+                self.step = parse_step(ts_result(store.read(), where), where)
                 break
 
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
@@ -228,18 +239,18 @@ class Writer:
                 f"{out}: the orbax writer runs in one process ({jax.process_count()} here); "
                 "write t5x or safetensors from several processes"
             )
-        _layout.check_tree_names(out, params)
+        check_tree_names(out, params)
         self.params = dict(params)
         self.step = int(step)
         self._compressor = None if compression is None else {"id": compression, "level": 1}
         header = {
             "format": self.format,
-            "params": _layout.params_header(self.params),
+            "params": params_header(self.params),
             "run": run_key,
             "step": self.step,
             "compression": compression,
         }
-        self._staging = _layout.Staging(out, header, resume=resume, overwrite=overwrite)
+        self._staging = Staging(out, header, resume=resume, overwrite=overwrite)
         self.path = out / f"checkpoint_{self.step}"
         self.done = self._staging.done
         self._step_dir = self._staging.tmp / self.path.name
@@ -256,25 +267,25 @@ class Writer:
             "kvstore": kvstore,
             "metadata": {
                 "shape": list(info.shape),
-                "chunks": _layout.write_chunks(array, info, CHUNK_BYTES),
+                "chunks": write_chunks(array, info, CHUNK_BYTES),
                 "dtype": _zarr_dtype(info.dtype),
                 "compressor": self._compressor,
             },
         }
-        store = _layout.ts_result(
+        store = ts_result(
             ts.open(spec, create=True, delete_existing=True, context=self._context), where
         )
         failpoints.hit("orbax.array_created")
-        futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
+        futures = [store[index].write(data) for index, data in host_shards(array)]
         failpoints.hit("orbax.shards_in_flight")
         for f in futures:
-            _layout.ts_result(f, where)
+            ts_result(f, where)
 
     def write(self, name: str, array) -> None:
         if name not in self.params:
             raise CheckpointError(f"{self.path}: parameter {name} was not declared in create()")
         info = self.params[name]
-        _layout.check_array(str(self.path), name, info, array)
+        check_array(str(self.path), name, info, array)
         key = "target." + name.replace("/", ".")
         self._write_leaf(key, info, array, f"{self.path / STATE}: parameter {name}")
         self._staging.mark_done(name)
@@ -289,7 +300,7 @@ class Writer:
         self._write_leaf("state.step", ParamInfo((), step.dtype), step, f"{self.path}: state/step")
         failpoints.hit("orbax.step_written")
         meta = pytree_metadata(self.params)
-        _layout.write_file(self._dir / METADATA, json.dumps(meta).encode())
+        write_file(self._dir / METADATA, json.dumps(meta).encode())
         failpoints.hit("orbax.metadata_written")
         now = time.time_ns()
         step_meta = {
@@ -300,7 +311,7 @@ class Writer:
             "commit_timestamp_nsecs": now,
             "custom_metadata": {},
         }
-        _layout.write_file(self._step_dir / CHECKPOINT_METADATA, json.dumps(step_meta).encode())
+        write_file(self._step_dir / CHECKPOINT_METADATA, json.dumps(step_meta).encode())
         self._staging.write_files(extra_files)
         self._staging.commit()
         return self.path

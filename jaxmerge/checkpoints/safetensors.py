@@ -28,8 +28,11 @@ import ml_dtypes
 import numpy as np
 
 from jaxmerge import failpoints
-from jaxmerge.checkpoints import _layout
-from jaxmerge.checkpoints._layout import Index, ParamInfo
+from jaxmerge.checkpoints.metadata import Index, ParamInfo, check_array, params_header, parse_shape
+from jaxmerge.checkpoints.reader_base import ReaderBase
+from jaxmerge.checkpoints.shards import host_shards
+from jaxmerge.checkpoints.staging import Staging, barrier, is_primary, write_file
+from jaxmerge.checkpoints.sync_behind import SyncBehind
 from jaxmerge.errors import CheckpointError
 
 SINGLE = "model.safetensors"
@@ -106,7 +109,7 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
             raise CheckpointError(f"{file}: tensor {name}: malformed header entry") from None
         if not isinstance(dtype_name, str) or dtype_name not in _DTYPES:
             raise CheckpointError(f"{file}: tensor {name}: unsupported dtype {dtype_name!r}")
-        info = ParamInfo(_layout.parse_shape(shape, f"{file}: tensor {name}"), _DTYPES[dtype_name])
+        info = ParamInfo(parse_shape(shape, f"{file}: tensor {name}"), _DTYPES[dtype_name])
         if not all(isinstance(x, int) and not isinstance(x, bool) for x in (begin, end)):
             raise CheckpointError(f"{file}: tensor {name}: data_offsets are not integers")
         if not 0 <= begin <= end or end > data_bytes:
@@ -123,7 +126,7 @@ def _read_header(file: pathlib.Path) -> tuple[dict, int, int]:
     return tensors, start, size
 
 
-class Reader(_layout.ReaderBase):
+class Reader(ReaderBase):
     """Reads a Hugging Face safetensors model lazily, one tensor (or one shard) at a time."""
 
     format = "safetensors"
@@ -285,7 +288,7 @@ class Writer:
         self.path = pathlib.Path(path).absolute()
         self.params = dict(params)
         self._fds: dict[pathlib.Path, int] = {}
-        self._sync: _layout.SyncBehind | None = None
+        self._sync: SyncBehind | None = None
         self.reference = None if reference is None else pathlib.Path(reference)
         groups = _plan_files(self.params, max_shard_bytes)
         if len(groups) == 1:
@@ -296,11 +299,11 @@ class Writer:
             ]
         header = {
             "format": self.format,
-            "params": _layout.params_header(self.params),
+            "params": params_header(self.params),
             "run": run_key,
             "files": file_names,
         }
-        self._staging = _layout.Staging(self.path, header, resume=resume, overwrite=overwrite)
+        self._staging = Staging(self.path, header, resume=resume, overwrite=overwrite)
         self.done = self._staging.done
         self._target: dict[str, tuple[pathlib.Path, int]] = {}
         self._files = []
@@ -308,7 +311,7 @@ class Writer:
             file = self._staging.tmp / file_name
             head, offsets = _header_bytes(names, self.params)
             total = len(head) + sum(self.params[n].nbytes for n in names)
-            if _layout.is_primary() and not file.exists():
+            if is_primary() and not file.exists():
                 with open(file, "wb") as f:
                     f.write(head)
                     f.truncate(total)
@@ -320,19 +323,19 @@ class Writer:
         self._weight_map = {
             n: f for f, names in zip(file_names, groups, strict=True) for n in names
         }
-        _layout.barrier(f"preallocated:{self.path}")
+        barrier(f"preallocated:{self.path}")
         self._fds = {file: os.open(file, os.O_WRONLY) for file in self._files}
         # One process: fdatasync and journal on a thread of their own, behind the writes.
-        self._sync = _layout.SyncBehind(self._staging) if jax.process_count() == 1 else None
+        self._sync = SyncBehind(self._staging) if jax.process_count() == 1 else None
 
     def write(self, name: str, array) -> None:
         if name not in self.params:
             raise CheckpointError(f"{self.path}: parameter {name} was not declared in create()")
         info = self.params[name]
-        _layout.check_array(str(self.path), name, info, array)
+        check_array(str(self.path), name, info, array)
         file, offset = self._target[name]
         fd = self._fds[file]
-        for index, data in _layout.host_shards(array):
+        for index, data in host_shards(array):
             _write_block(fd, offset, info, index, np.ascontiguousarray(data))
         if self._sync is not None:
             self._sync.written(name, fd)
@@ -349,19 +352,19 @@ class Writer:
                 f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
             )
         tmp = self._staging.tmp
-        if not _layout.is_primary():
+        if not is_primary():
             return self._staging.commit()
         if len(self._files) > 1:
             index = {
                 "metadata": {"total_size": sum(p.nbytes for p in self.params.values())},
                 "weight_map": self._weight_map,
             }
-            _layout.write_file(tmp / INDEX, json.dumps(index, indent=2).encode())
+            write_file(tmp / INDEX, json.dumps(index, indent=2).encode())
             failpoints.hit("safetensors.index_written")
         if self.reference is not None:
             for file_name in REFERENCE_FILES:
                 if (self.reference / file_name).is_file():
-                    _layout.write_file(tmp / file_name, (self.reference / file_name).read_bytes())
+                    write_file(tmp / file_name, (self.reference / file_name).read_bytes())
         self._staging.write_files(extra_files)
         return self._staging.commit()
 

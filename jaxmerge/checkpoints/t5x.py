@@ -29,8 +29,20 @@ import numpy as np
 import tensorstore as ts
 
 from jaxmerge import failpoints
-from jaxmerge.checkpoints import _layout
-from jaxmerge.checkpoints._layout import Index, ParamInfo
+from jaxmerge.checkpoints.metadata import (
+    Index,
+    ParamInfo,
+    check_array,
+    check_tree_names,
+    params_header,
+    parse_dtype,
+    parse_shape,
+    parse_step,
+)
+from jaxmerge.checkpoints.reader_base import ReaderBase
+from jaxmerge.checkpoints.shards import host_shards, write_chunks
+from jaxmerge.checkpoints.staging import Staging, barrier, is_primary, write_file
+from jaxmerge.checkpoints.tensorstore_arrays import TsArrays, first_line, ts_result
 from jaxmerge.errors import CheckpointError
 
 VERSION = 3
@@ -57,8 +69,8 @@ def _ext_hook(code, data):
 
 
 def _inline_to_numpy(leaf: _Inline, where: str) -> np.ndarray:
-    dtype = _layout.parse_dtype(leaf.dtype_name, where)
-    shape = _layout.parse_shape(leaf.shape, where)
+    dtype = parse_dtype(leaf.dtype_name, where)
+    shape = parse_shape(leaf.shape, where)
     if not isinstance(leaf.data, bytes):
         kind = type(leaf.data).__name__
         raise CheckpointError(f"{where}: inline array data is {kind}, not bytes")
@@ -102,7 +114,7 @@ def read_msgpack(file: pathlib.Path) -> dict:
     return contents
 
 
-class Reader(_layout.ReaderBase):
+class Reader(ReaderBase):
     """Reads a T5X legacy checkpoint: parameters are the leaves under optimizer/target."""
 
     format = "t5x"
@@ -116,7 +128,7 @@ class Reader(_layout.ReaderBase):
         if not isinstance(optimizer, dict) or "target" not in optimizer:
             raise CheckpointError(f"{file}: no optimizer/target in the msgpack (version {version})")
         self._file = file
-        self._arrays = _layout.TsArrays()
+        self._arrays = TsArrays()
         self._leaves: dict[str, object] = {}
         self.params: dict[str, ParamInfo] = {}
         pending = {}
@@ -135,14 +147,14 @@ class Reader(_layout.ReaderBase):
                 self.params[name] = ParamInfo(array.shape, array.dtype)
             # anything else (None, empty dicts of optax EmptyState) is not a parameter
         for name, (future, expected_shape, expected_dtype, where) in pending.items():
-            store = _layout.ts_result(future, where)
+            store = ts_result(future, where)
             if tuple(store.shape) != expected_shape:
                 raise CheckpointError(
                     f"{where}: zarr array has shape {list(store.shape)}, the msgpack metadata "
                     f"says {list(expected_shape)}"
                 )
-            dtype = _layout.parse_dtype(store.dtype.numpy_dtype.name, where)
-            if expected_dtype is not None and dtype != _layout.parse_dtype(expected_dtype, where):
+            dtype = parse_dtype(store.dtype.numpy_dtype.name, where)
+            if expected_dtype is not None and dtype != parse_dtype(expected_dtype, where):
                 raise CheckpointError(
                     f"{where}: zarr array has dtype {dtype.name}, the msgpack says {expected_dtype}"
                 )
@@ -156,12 +168,12 @@ class Reader(_layout.ReaderBase):
         step = state.get("step") if isinstance(state, dict) else None
         where = f"{self._file}: state/step"
         if isinstance(step, _Inline):
-            return _layout.parse_step(_inline_to_numpy(step, where), where)
+            return parse_step(_inline_to_numpy(step, where), where)
         if isinstance(step, int):
             return step
         if _is_spec(step):
-            store = _layout.ts_result(self._open_spec("state/step", step, where)[0], where)
-            return _layout.parse_step(_layout.ts_result(store.read(), where), where)
+            store = ts_result(self._open_spec("state/step", step, where)[0], where)
+            return parse_step(ts_result(store.read(), where), where)
         return None
 
     def _open_spec(self, name: str, spec: dict, where: str):
@@ -177,7 +189,7 @@ class Reader(_layout.ReaderBase):
         shape = metadata.get("shape")
         if shape is None:
             raise CheckpointError(f"{where}: tensorstore spec has no metadata.shape")
-        shape = _layout.parse_shape(shape, where)
+        shape = parse_shape(shape, where)
         # As T5X does: trust the array's own .zarray for chunks and compression.
         metadata.pop("chunks", None)
         metadata.pop("compressor", None)
@@ -196,9 +208,7 @@ class Reader(_layout.ReaderBase):
         try:
             future = self._arrays.open(name, spec)
         except ValueError as e:
-            raise CheckpointError(
-                f"{where}: bad tensorstore spec ({_layout.first_line(e)})"
-            ) from None
+            raise CheckpointError(f"{where}: bad tensorstore spec ({first_line(e)})") from None
         return future, tuple(shape), dtype, where
 
     def _read_slices(self, name: str, indices: list[Index]) -> Iterator[np.ndarray]:
@@ -225,7 +235,7 @@ def _unchunk(leaf: dict, where: str) -> np.ndarray:
         ]
     except (KeyError, TypeError):
         raise CheckpointError(f"{where}: malformed chunked inline array") from None
-    shape = _layout.parse_shape(shape, where)
+    shape = parse_shape(shape, where)
     if not chunks or sum(c.size for c in chunks) != math.prod(shape):
         raise CheckpointError(f"{where}: chunked inline array does not fill its shape {shape}")
     return np.concatenate([c.reshape(-1) for c in chunks]).reshape(shape)
@@ -294,17 +304,17 @@ class Writer:
     ):
         del reference, max_shard_bytes
         out = pathlib.Path(path).absolute()
-        _layout.check_tree_names(out, params)
+        check_tree_names(out, params)
         self.params = dict(params)
         self.step = int(step)
         header = {
             "format": self.format,
-            "params": _layout.params_header(self.params),
+            "params": params_header(self.params),
             "run": run_key,
             "step": self.step,
             "compression_level": compression_level,
         }
-        self._staging = _layout.Staging(out, header, resume=resume, overwrite=overwrite)
+        self._staging = Staging(out, header, resume=resume, overwrite=overwrite)
         self.path = out / f"checkpoint_{self.step}"
         self.done = self._staging.done
         self._dir = self._staging.tmp / self.path.name
@@ -315,24 +325,24 @@ class Writer:
         if name not in self.params:
             raise CheckpointError(f"{self.path}: parameter {name} was not declared in create()")
         info = self.params[name]
-        _layout.check_array(str(self.path), name, info, array)
-        chunks = _layout.write_chunks(array, info, CHUNK_BYTES)
+        check_array(str(self.path), name, info, array)
+        chunks = write_chunks(array, info, CHUNK_BYTES)
         spec = spec_for(name, info, self._level, chunks)
         relative = spec["kvstore"]["path"]
         spec["kvstore"] = {"driver": "file", "path": str(self._dir / relative)}
         where = f"{self._dir / relative}: parameter {name}"
         # Process 0 creates the array (replacing a partial one from a killed run); then every
         # process writes the shards it holds into chunks of its own.
-        if _layout.is_primary():
-            store = _layout.ts_result(ts.open(spec, create=True, delete_existing=True), where)
+        if is_primary():
+            store = ts_result(ts.open(spec, create=True, delete_existing=True), where)
             failpoints.hit("t5x.array_created")
-        _layout.barrier(f"created:{where}")
-        if not _layout.is_primary():
-            store = _layout.ts_result(ts.open(spec, open=True, write=True), where)
-        futures = [store[index].write(data) for index, data in _layout.host_shards(array)]
+        barrier(f"created:{where}")
+        if not is_primary():
+            store = ts_result(ts.open(spec, open=True, write=True), where)
+        futures = [store[index].write(data) for index, data in host_shards(array)]
         failpoints.hit("t5x.shards_in_flight")
         for f in futures:
-            _layout.ts_result(f, where)
+            ts_result(f, where)
         self._staging.mark_done(name)
 
     def finalize(self, extra_files: dict[str, bytes] | None = None) -> pathlib.Path:
@@ -341,13 +351,13 @@ class Writer:
             raise CheckpointError(
                 f"{self.path}: finalize before writing {len(missing)} parameters, e.g. {missing[0]}"
             )
-        if _layout.is_primary():
+        if is_primary():
             specs = {}
             for name, info in self.params.items():  # chunks as written (they follow sharding)
                 zarray = self._dir / ("target." + name.replace("/", ".")) / ".zarray"
                 chunks = json.loads(zarray.read_text())["chunks"]
                 specs[name] = spec_for(name, info, self._level, chunks)
-            _layout.write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
+            write_file(self._dir / MSGPACK_FILE, checkpoint_msgpack(specs, self.step))
             failpoints.hit("t5x.msgpack_written")
             self._staging.write_files(extra_files)
         self._staging.commit()

@@ -9,6 +9,8 @@ keyword, `weights` float[K], and hyperparameters as plain keywords whose
 defaults are the papers'. `merge_trees` lifts any of them to whole models
 (pytrees); the merge engine calls `merge_tensor` chunk by chunk. Neither I/O,
 nor sharding, nor gin lives here.
+
+May import: jax, numpy, and jaxmerge.errors; nothing else of jaxmerge.
 """
 
 from collections.abc import Callable, Mapping

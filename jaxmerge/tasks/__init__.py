@@ -2,6 +2,8 @@
 
 `register()` adds every seqio Task and Mixture (see `registry` for names,
 splits and seeds); `held_in`, `held_out` and `instructions` hold the generators.
+
+May import: seqio, TensorFlow (for tf.data), numpy; nothing else of jaxmerge.
 """
 
 from jaxmerge.tasks.registry import register, vocabulary

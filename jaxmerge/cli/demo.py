@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
 
     from jaxmerge import checkpoints
     from jaxmerge.errors import InputError
-    from jaxmerge.merge import MergeConfig, merge_checkpoints
+    from jaxmerge.merging import MergeConfig, merge_checkpoints
     from jaxmerge.methods import METHODS, merge_trees
 
     if args.experts < 2:

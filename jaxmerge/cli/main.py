@@ -12,16 +12,17 @@ import pathlib
 import platform
 import sys
 
+from jaxmerge.cli import quiet
+from jaxmerge.cli.gin_flags import expand_gin_flags
 from jaxmerge.errors import InputError
-from jaxmerge.gin_utils import expand_gin_flags
 
 # name -> (module, one-line help). A command module keeps its heavy imports (seqio,
 # TensorFlow, models) inside run(), so building the parser stays cheap.
 COMMANDS = {
-    "demo": ("jaxmerge.demo", "merge small generated checkpoints with every method"),
-    "merge": ("jaxmerge.merge_cmd", "merge a base and experts into one checkpoint"),
-    "inspect": ("jaxmerge.inspect_cmd", "show a checkpoint's format, step, parameters and size"),
-    "train": ("jaxmerge.train", "pre-train or fine-tune a T5 1.1 model on seqio tasks (T5X gin)"),
+    "demo": ("jaxmerge.cli.demo", "merge small generated checkpoints with every method"),
+    "merge": ("jaxmerge.cli.merge", "merge a base and experts into one checkpoint"),
+    "inspect": ("jaxmerge.cli.inspect", "show a checkpoint's format, step, parameters and size"),
+    "train": ("jaxmerge.cli.train", "pre-train or fine-tune a T5 1.1 model (T5X gin)"),
 }
 
 
@@ -34,6 +35,12 @@ class OneLineErrorParser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = OneLineErrorParser(prog="jaxmerge", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--verbosity",
+        choices=("info", "debug"),
+        default=os.environ.get("JAXMERGE_VERBOSITY", "info"),  # read early by _verbosity
+        help="debug: also the libraries' start-up logs (TensorFlow, XLA, absl, gin)",
+    )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(module_name)
@@ -104,11 +111,23 @@ def use_compilation_cache() -> None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
+def _verbosity(argv: list[str]) -> str:
+    """--verbosity's value before argparse runs (it must act before any library import)."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--verbosity="):
+            return arg.split("=", 1)[1]
+        if arg == "--verbosity" and i + 1 < len(argv):
+            return argv[i + 1]
+    return os.environ.get("JAXMERGE_VERBOSITY", "info")
+
+
 def main(argv: list[str] | None = None) -> int:
-    if argv is None:
+    from_command_line = argv is None
+    argv = expand_gin_flags(sys.argv[1:] if argv is None else argv)  # T5X's --gin.KEY=VALUE
+    quiet.quiet_libraries(_verbosity(argv))
+    if from_command_line:
         relaunch_with_huge_pages()
         use_compilation_cache()
-    argv = expand_gin_flags(sys.argv[1:] if argv is None else argv)  # T5X's --gin.KEY=VALUE
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:

@@ -27,7 +27,7 @@ import numpy as np
 
 from jaxmerge import checkpoints
 from jaxmerge.errors import CheckpointError, InputError
-from jaxmerge.merge_cmd import FLAGS
+from jaxmerge.merging.config import CHOICES
 from jaxmerge.methods import MergeMethod, get_method
 
 # Hugging Face config.json keys that fix the architecture: base and experts must agree.
@@ -67,7 +67,7 @@ def check_config(config) -> dict:
         raise InputError(f"--method: {e}") from None
     for flag in ("input_format", "output_format", "dtype", "trim"):
         value = getattr(config, flag)
-        choices = FLAGS[flag]["choices"]
+        choices = CHOICES[flag]
         if value is not None and value not in choices:
             raise InputError(f"--{flag}={value!r}: choose from {', '.join(choices)}")
     hparams = config.hparams()

@@ -1,8 +1,7 @@
-"""`jaxmerge train`: pre-train / fine-tune a T5 1.1 model on seqio tasks, as T5X does.
+"""Pre-training and fine-tuning of T5 1.1 on seqio tasks, as T5X does: `train(...)`.
 
-    jaxmerge train --gin_file=gin_configs/models/t5_tiny.gin \\
-        --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'DIR'" \\
-        --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS=N
+`jaxmerge train` (jaxmerge/cli/train.py) configures `train` from gin, T5X style; gin files
+import this module as `train_script` (`from jaxmerge import training as train_script`).
 
 An optax loop (Adafactor by default, Shazeer & Stern 2018, arXiv:1804.04235, with
 T5X's settings) over seqio's `EncDecFeatureConverter` (packed examples),
@@ -20,13 +19,11 @@ T5X, so TRAIN_STEPS counts the pre-training steps too; the optimizer state start
 fresh.
 """
 
-import argparse
 import dataclasses
 import functools
 import pathlib
 import re
 import shutil
-import sys
 import time
 
 import jax
@@ -35,6 +32,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmerge import summaries
 from jaxmerge.errors import CheckpointError, InputError
 from jaxmerge.models import params as param_utils
 from jaxmerge.models import t5
@@ -286,7 +284,7 @@ def train(
     print(f"model: {n_params:,} parameters; {devices} devices; step {step} -> {total_steps}")
     train_step = make_train_step(model, tx, z_loss)
     batches = make_dataset(train_dataset_cfg, seed=train_dataset_cfg.seed + step)
-    writer = _summary_writer(model_dir / "train")
+    writer = summaries.scalar_writer(model_dir / "train")
     rng, metrics = jax.random.key(random_seed + 1), {}
     tokens, t0, first = 0, time.perf_counter(), step
     while step < total_steps:
@@ -326,80 +324,3 @@ def _check_params(params, abstract, path) -> None:
                 f"{path}: parameter {name}: checkpoint has shape {got.get(name)}, "
                 f"the model wants {want.get(name)}"
             )
-
-
-def _summary_writer(logdir: pathlib.Path):
-    """TensorBoard scalars on process 0 (a no-op elsewhere), written with TensorFlow's
-    core `tf.summary.write` in the 'scalars' plugin format, so TensorBoard itself
-    need not be installed."""
-    if jax.process_index() != 0:
-        return lambda step, metrics: None
-    import tensorflow as tf
-    from tensorflow.core.framework import summary_pb2
-
-    writer = tf.summary.create_file_writer(str(logdir))
-    meta = summary_pb2.SummaryMetadata()
-    meta.plugin_data.plugin_name = "scalars"
-
-    def write(step, metrics):
-        with writer.as_default():
-            for k, v in metrics.items():
-                tf.summary.write(k, tf.constant(v, tf.float32), step=step, metadata=meta)
-        writer.flush()
-
-    return write
-
-
-# --- command line ---------------------------------------------------------------------
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from jaxmerge import gin_utils
-
-    gin_utils.add_gin_arguments(parser)
-
-
-def run(args: argparse.Namespace) -> int:
-    import gin
-
-    from jaxmerge import gin_utils
-    from jaxmerge import train as this_module  # the module gin files import, even under -m
-
-    jax.config.update("jax_threefry_partitionable", True)
-    gin_utils.parse(args.gin_file, args.gin_bindings)
-    try:
-        model_dir = gin_utils.macro("MODEL_DIR")
-        if not isinstance(model_dir, str):
-            raise InputError("MODEL_DIR is required: pass --gin.MODEL_DIR=\"'DIR'\"")
-        model_dir = pathlib.Path(model_dir)
-        train_fn = gin.get_configurable(this_module.train)
-    except (ValueError, KeyError) as e:
-        raise InputError(f"gin config {args.gin_file}: {e}") from e
-    model_dir.mkdir(parents=True, exist_ok=True)
-    (model_dir / "config.gin").write_text(gin.config_str())
-    try:
-        train_fn()
-    except (ValueError, TypeError) as e:
-        if "gin.REQUIRED" in str(e) or "REQUIRED" in str(e):
-            raise InputError(f"gin config {args.gin_file}: {e}") from e
-        raise
-    (model_dir / "operative_config.gin").write_text(gin.operative_config_str())
-    return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m jaxmerge.train ...`: the same as `jaxmerge train ...`."""
-    from jaxmerge import gin_utils
-
-    argv = gin_utils.expand_gin_flags(sys.argv[1:] if argv is None else argv)
-    parser = argparse.ArgumentParser(prog="jaxmerge train", description=__doc__.splitlines()[0])
-    add_arguments(parser)
-    try:
-        return run(parser.parse_args(argv))
-    except InputError as e:
-        print(f"jaxmerge train: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -16,7 +16,8 @@ file and the parameter (docs/reliability.md lists every case).
 
 import argparse
 
-from jaxmerge import gin_utils
+from jaxmerge.cli import gin_flags
+from jaxmerge.merging import CHOICES
 
 FLAGS = {
     "method": dict(help="merge method (see `jaxmerge.methods.METHODS`)"),
@@ -27,14 +28,14 @@ FLAGS = {
     "lam": dict(type=float, help="λ, the scale of the merged task vector"),
     "density": dict(type=float, help="fraction kept by the TIES/Breadcrumbs trim or DELLA"),
     "drop_rate": dict(type=float, help="DARE drop probability p"),
-    "trim": dict(choices=["global", "tensor"], help="TIES trim over the model or per tensor"),
+    "trim": dict(choices=CHOICES["trim"], help="TIES trim over the model or per tensor"),
     "gamma": dict(type=float, help="Breadcrumbs: fraction of largest entries removed"),
     "epsilon": dict(type=float, help="DELLA: spread of keep probabilities"),
     "t": dict(type=float, help="slerp interpolation factor"),
     "seed": dict(type=int, help="seed of DARE/DELLA (default 0)"),
-    "input_format": dict(choices=["t5x", "orbax", "safetensors"], help="skip detection"),
-    "output_format": dict(choices=["t5x", "orbax", "safetensors"], help="default: the base's"),
-    "dtype": dict(choices=["bfloat16", "float16", "float32"], help="default: the inputs'"),
+    "input_format": dict(choices=CHOICES["input_format"], help="skip detection"),
+    "output_format": dict(choices=CHOICES["output_format"], help="default: the base's"),
+    "dtype": dict(choices=CHOICES["dtype"], help="default: the inputs'"),
     "memory_budget": dict(
         help="e.g. 4GB (default: 2GiB, or half the free host or device memory if less)"
     ),
@@ -56,22 +57,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for name, help_text in SWITCHES.items():
         parser.add_argument(f"--{name}", action="store_true", default=None, help=help_text)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    gin_utils.add_gin_arguments(parser)
+    gin_flags.add_gin_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     import gin
 
-    from jaxmerge import merge
+    from jaxmerge import merging
     from jaxmerge.errors import InputError
 
-    gin_utils.parse(args.gin_file, args.gin_bindings)
+    gin_flags.parse(args.gin_file, args.gin_bindings)
     given = {name: getattr(args, name) for name in [*FLAGS, *SWITCHES]}
     given = {k: v for k, v in given.items() if v is not None}
     if "memory_budget" in given:
-        given["memory_budget"] = merge.parse_bytes(given["memory_budget"])
+        given["memory_budget"] = merging.parse_bytes(given["memory_budget"])
     try:
-        bound = gin.get_bindings(merge.MergeConfig)
+        bound = gin.get_bindings(merging.MergeConfig)
     except ValueError:  # no gin file or binding mentions merge.MergeConfig
         bound = {}
     bound = {k: v for k, v in bound.items() if k not in given}
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
             )
     fields = {**bound, **given}
     if isinstance(fields.get("memory_budget"), str):  # '4GB' from gin, as on the command line
-        fields["memory_budget"] = merge.parse_bytes(fields["memory_budget"])
+        fields["memory_budget"] = merging.parse_bytes(fields["memory_budget"])
     for key in ("experts", "weights"):
         if fields.get(key) is not None:
             fields[key] = tuple(fields[key])
@@ -90,8 +91,8 @@ def run(args: argparse.Namespace) -> int:
     if missing:
         raise InputError(f"missing --{missing[0]} (or merge.MergeConfig.{missing[0]} in gin)")
     try:
-        config = merge.MergeConfig(**fields)
+        config = merging.MergeConfig(**fields)
     except TypeError as e:
         raise InputError(f"merge config: {e}") from None
-    merge.merge_checkpoints(config, quiet=args.quiet)
+    merging.merge_checkpoints(config, quiet=args.quiet)
     return 0

@@ -8,7 +8,17 @@ the current directory and the repository root.
 import argparse
 import pathlib
 
-REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
+import gin
+
+from jaxmerge import sharding
+
+REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+# `--gin.jaxmerge.configured_mesh.shape = (4, 2)` etc.: the mesh from gin, at the edge; the
+# library's `sharding.make_mesh` stays gin-free.
+configured_mesh = gin.external_configurable(
+    sharding.make_mesh, "configured_mesh", module="jaxmerge"
+)
 
 
 def add_gin_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,8 +42,6 @@ def expand_gin_flags(argv: list[str]) -> list[str]:
 
 def parse(gin_files: list[str], bindings: list[str]) -> None:
     """Clears gin, then parses files and bindings; errors become InputError."""
-    import gin
-
     from jaxmerge.errors import InputError
 
     gin.clear_config()
@@ -51,7 +59,5 @@ def parse(gin_files: list[str], bindings: list[str]) -> None:
 
 def macro(name: str):
     """The value of gin macro `name` (evaluating `@f()` references)."""
-    import gin
-
     value = gin.query_parameter(f"%{name}")
     return value.scoped_configurable_fn() if hasattr(value, "scoped_configurable_fn") else value
