@@ -21,9 +21,16 @@ def rank_classification_target(
 
 
 def rank_classification(targets: list[tuple[int, bool]], scores: list[float]) -> dict:
-    """Accuracy of argmax over each question's choice log-likelihoods (T0's protocol)."""
-    by_question = collections.defaultdict(list)
+    """Accuracy of argmax over each question's choice log-likelihoods (T0's protocol).
+
+    targets: one (question index, is this choice correct) per row; scores: that row's
+    log-likelihood. A question's choices are its rows in the order given. An exact tie
+    goes to the first tied choice in that order (never to the correct one by preference),
+    so a model that scores every choice equally is right only where choice 0 is correct.
+    """
+    by_question = collections.defaultdict(list)  # idx -> [(score, correct)] in row order
     for (idx, correct), score in zip(targets, scores, strict=True):
         by_question[idx].append((float(score), correct))
-    hits = [max(choices)[1] for choices in by_question.values()]
+    # max() with a key returns the first maximal element: ties go to the earliest choice.
+    hits = [max(choices, key=lambda c: c[0])[1] for choices in by_question.values()]
     return {"accuracy": 100.0 * float(np.mean(hits)) if hits else 0.0}
