@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-slow test-all lint format bench bench-merge bench-checkpoints clean
+.PHONY: demo test test-slow test-all lint format bench bench-merge bench-checkpoints bench-eval clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -41,6 +41,9 @@ bench-merge: $(STAMP)
 
 bench-checkpoints: $(STAMP)
 	$(BIN)/python benchmarks/checkpoints.py
+
+bench-eval: $(STAMP)
+	$(BIN)/python -m benchmarks.evaluate --sizes tiny small
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -40,7 +40,7 @@ import time
 import jax
 import numpy as np
 
-from jaxmerge import gin_utils
+from jaxmerge.cli import gin_flags
 from jaxmerge.evaluation import Evaluator
 from jaxmerge.models import params, t5
 
@@ -55,8 +55,8 @@ def random_tree(config: t5.T5Config, seed: int) -> dict:
 
 
 def bench(size: str, kind: str, rows: int, batch: int) -> dict:
-    gin_utils.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
-    config = gin_utils.macro("MODEL")
+    gin_flags.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
+    config = gin_flags.macro("MODEL")
     start = time.perf_counter()
     ev = Evaluator(config, TASKS[kind], batch_size=batch, max_examples=rows)
     build_s = time.perf_counter() - start

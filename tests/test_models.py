@@ -213,3 +213,38 @@ def test_bfloat16_activations_keep_float32_params():
     y = jax.random.randint(jax.random.key(2), (2, 4), 1, cfg.vocab_size)
     scores = decoding.score_batch(cfg, p, {"encoder_input_tokens": x, "decoder_target_tokens": y})
     assert np.isfinite(scores).all()
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        t5.T5Config(
+            vocab_size=384,
+            emb_dim=64,
+            num_heads=4,
+            num_encoder_layers=2,
+            num_decoder_layers=3,
+            head_dim=16,
+            mlp_dim=128,
+            mlp_activations=("gelu", "linear"),
+            dropout_rate=0.0,
+        ),
+        t5.T5Config(
+            vocab_size=128,
+            emb_dim=32,
+            num_heads=2,
+            num_encoder_layers=1,
+            num_decoder_layers=1,
+            head_dim=8,
+            mlp_dim=48,
+            dropout_rate=0.0,
+            logits_via_embedding=True,
+        ),
+    ],
+)
+def test_config_from_shapes_recovers_the_config(config):
+    tree = jax.eval_shape(lambda: params.unbox(t5.init_params(config, jax.random.key(0))))
+    shapes = {name: leaf.shape for name, leaf in params.flatten(tree).items()}
+    assert t5.config_from_shapes(shapes) == config
+    with pytest.raises(ValueError, match="no parameter 'token_embedder/embedding'"):
+        t5.config_from_shapes({k: v for k, v in shapes.items() if "token_embedder" not in k})

@@ -23,6 +23,7 @@ COMMANDS = {
     "merge": ("jaxmerge.cli.merge", "merge a base and experts into one checkpoint"),
     "inspect": ("jaxmerge.cli.inspect", "show a checkpoint's format, step, parameters and size"),
     "train": ("jaxmerge.cli.train", "pre-train or fine-tune a T5 1.1 model (T5X gin)"),
+    "eval": ("jaxmerge.cli.eval", "score checkpoints on seqio tasks, normalized as the paper"),
 }
 
 

@@ -1,8 +1,11 @@
-"""Evaluation of parameter trees on seqio tasks: `Evaluator`, built once, called many times.
+"""Evaluation on seqio tasks, as the paper measures a merge.
 
-Owns the evaluation data and the compiled predict/score functions. May import
-jaxmerge.models, jaxmerge.tasks, jaxmerge.errors, seqio and jax; never gin, argparse
-or the command layer.
+`evaluator.Evaluator` (built once, called with many parameter trees: data and compiled
+predict/score functions paid once), `normalize` (held-in ÷ expert, held-out ÷ base, pure
+functions), `references` (content fingerprints and the score cache), `vocab` (tasks
+re-read with a checkpoint's SentencePiece model) and `run.evaluate_checkpoints`, what
+`jaxmerge eval` calls. May import jaxmerge.models, tasks, checkpoints, training (to
+restore checkpoints), summaries, errors, seqio and jax; never gin, argparse or jaxmerge.cli.
 """
 
 from jaxmerge.evaluation.evaluator import Evaluator, Timing

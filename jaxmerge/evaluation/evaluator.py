@@ -23,7 +23,7 @@ import dataclasses
 import difflib
 import functools
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -168,6 +168,7 @@ class Evaluator:
         self._predict = jax.jit(self._predict_tokens)
         self._score = jax.jit(self._score_rows)
         self.last_timing: Timing | None = None
+        self._progress: Callable[[int], None] | None = None
 
     # --- data, built once -----------------------------------------------------------
     def _build_data(self, names: list[str], max_examples: int | None, log_dir: str | None):
@@ -261,6 +262,8 @@ class Evaluator:
                 outs = [self._score(params, b) for b in data.batches]
             jax.block_until_ready(outs)
             self._model_s += time.perf_counter() - start
+            if self._progress is not None:
+                self._progress(data.num_examples)
             out = np.concatenate([np.asarray(o) for o in outs])[: data.num_examples]
             values = list(out) if kind == "predict" else [float(x) for x in out]
             self._outputs[kind, task_name] = list(zip(data.indices.tolist(), values, strict=True))
@@ -314,14 +317,18 @@ class Evaluator:
 
         return jax.tree.map(put, params)
 
-    def evaluate(self, params, *, step: int | None = None) -> dict[str, dict[str, float]]:
-        """{task: {metric: value}} of one parameter tree; `step` is only for the loggers.
+    def evaluate(
+        self, params, *, step: int | None = None, progress: Callable[[int], None] | None = None
+    ) -> dict[str, dict[str, float]]:
+        """{task: {metric: value}} of one parameter tree; `step` is only for the loggers;
+        `progress(n)` is called with each task's number of examples once the model is done
+        with them.
 
         Numeric metric values become floats; other seqio metric values pass through.
         """
         start = time.perf_counter()
         params = self._placed(self._checked(params))
-        self._model_s, self._outputs = 0.0, {}
+        self._model_s, self._outputs, self._progress = 0.0, {}, progress
         metrics: dict[str, dict] = {}
         try:
             for ev in self._seqio:

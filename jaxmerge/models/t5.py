@@ -238,3 +238,45 @@ def param_axes(config: T5Config) -> dict:
     return jax.tree.map(
         lambda b: tuple(b.names), boxed, is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned)
     )
+
+
+def config_from_shapes(shapes: dict[str, Sequence[int]], **overrides) -> T5Config:
+    """The T5Config whose parameters have these "/"-joined names and shapes.
+
+    Reads every size from the tensors themselves: vocab and embed from
+    `token_embedder/embedding`, heads from `encoder/relpos_bias/rel_embedding`, head_dim
+    from the query kernel, mlp from `wi`/`wi_0`, the layer counts from `layers_<i>`.
+    Shapes cannot tell gelu from relu gating: `wi_0`/`wi_1` are taken as T5 1.1's
+    ('gelu', 'linear'), a single `wi` as T5's ('relu',). Dropout is 0 (inference);
+    `overrides` replace any field. Raises ValueError naming a missing parameter.
+    """
+
+    def shape(name: str) -> tuple[int, ...]:
+        if name not in shapes:
+            raise ValueError(f"no parameter {name!r}: not a T5 1.1 checkpoint in T5X names")
+        return tuple(shapes[name])
+
+    vocab, emb = shape("token_embedder/embedding")
+    heads = shape("encoder/relpos_bias/rel_embedding")[0]
+    query = shape("encoder/layers_0/attention/query/kernel")[1]
+    gated = "encoder/layers_0/mlp/wi_0/kernel" in shapes
+    mlp = shape(f"encoder/layers_0/mlp/{'wi_0' if gated else 'wi'}/kernel")[1]
+
+    def layers(stack: str) -> int:
+        prefix = f"{stack}/layers_"
+        found = {int(n[len(prefix) :].split("/")[0]) for n in shapes if n.startswith(prefix)}
+        return max(found) + 1 if found else 0
+
+    fields = dict(
+        vocab_size=vocab,
+        emb_dim=emb,
+        num_heads=heads,
+        head_dim=query // heads,
+        num_encoder_layers=layers("encoder"),
+        num_decoder_layers=layers("decoder"),
+        mlp_dim=mlp,
+        mlp_activations=("gelu", "linear") if gated else ("relu",),
+        dropout_rate=0.0,
+        logits_via_embedding="decoder/logits_dense/kernel" not in shapes,
+    )
+    return T5Config(**{**fields, **overrides})
