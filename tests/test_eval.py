@@ -14,18 +14,8 @@ import pytest
 from jaxmerge import training
 from jaxmerge.cli.main import main
 from jaxmerge.models import params, t5
+from tests.tiny_t5 import TINY
 
-TINY = t5.T5Config(
-    vocab_size=384,
-    emb_dim=32,
-    num_heads=2,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    head_dim=16,
-    mlp_dim=64,
-    mlp_activations=("gelu", "linear"),
-    dropout_rate=0.0,
-)
 TINY_GIN = dataclasses.replace(  # gin_configs/models/t5_tiny.gin
     TINY, emb_dim=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2, mlp_dim=128
 )

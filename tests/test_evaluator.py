@@ -279,7 +279,8 @@ def test_reused_evaluator_equals_fresh_ones_without_recompiling():
     ev = evaluator(names, max_examples=12)
     first = ev.evaluate(trees[0])
     compiled = ev.num_compilations
-    assert compiled == 2  # predict and score, once each
+    # predict and score, once per batch shape: each task's batches fit its longest example
+    assert 2 <= compiled <= 2 * len(names)
     reused = [first] + [ev.evaluate(t) for t in trees[1:]]
     assert ev.num_compilations == compiled
     assert ev.num_data_builds == 1

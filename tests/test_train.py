@@ -15,18 +15,8 @@ from jaxmerge import checkpoints, training
 from jaxmerge.cli import main as cli
 from jaxmerge.errors import CheckpointError
 from jaxmerge.models import decoding, params, t5
+from tests.tiny_t5 import TINY
 
-TINY = t5.T5Config(
-    vocab_size=384,
-    emb_dim=32,
-    num_heads=2,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    head_dim=16,
-    mlp_dim=64,
-    mlp_activations=("gelu", "linear"),
-    dropout_rate=0.0,
-)
 LENGTHS = {"inputs": 96, "targets": 16}
 
 
