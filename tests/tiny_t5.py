@@ -13,3 +13,19 @@ TINY = t5.T5Config(  # 1 + 1 layers, embed 32: what most model, training and eva
     mlp_activations=("gelu", "linear"),
     dropout_rate=0.0,
 )
+
+
+def fine_tune_like(tree, seed: int, scale: float = 0.05):
+    """tree + scale·N(0, 1) noise: a checkpoint that looks fine-tuned from `tree` (the merge
+    engine's preflight refuses unrelated experts); seed 0 returns `tree` itself."""
+    import jax
+
+    if seed == 0:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noisy = [
+        a + scale * jax.random.normal(k, a.shape, a.dtype)
+        for a, k in zip(leaves, keys, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, noisy)

@@ -24,6 +24,7 @@ COMMANDS = {
     "inspect": ("jaxmerge.cli.inspect", "show a checkpoint's format, step, parameters and size"),
     "train": ("jaxmerge.cli.train", "pre-train or fine-tune a T5 1.1 model (T5X gin)"),
     "eval": ("jaxmerge.cli.eval", "score checkpoints on seqio tasks, normalized as the paper"),
+    "learn": ("jaxmerge.cli.learn", "learn merge coefficients (optax or CMA-ES) and merge"),
 }
 
 

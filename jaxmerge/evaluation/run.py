@@ -176,14 +176,14 @@ def _models(config: EvalConfig) -> list[Model]:
     return models
 
 
-def model_config(config: EvalConfig, path: str):
-    """The T5Config to evaluate `path` with: the configured one, else a Hugging Face
+def model_config(path: str, model=None):
+    """The T5Config to evaluate `path` with: `model` if given, else a Hugging Face
     directory's config.json, else the one the checkpoint's shapes describe."""
     from jaxmerge import checkpoints
     from jaxmerge.models import hf_t5, t5
 
-    if config.model is not None:
-        return dataclasses.replace(config.model, dropout_rate=0.0)
+    if model is not None:
+        return dataclasses.replace(model, dropout_rate=0.0)
     hf_config = pathlib.Path(path) / "config.json"
     with checkpoints.open(path) as reader:
         if reader.format == "safetensors" and hf_config.exists():
@@ -265,7 +265,7 @@ def _score(config, model: Model, task_names, evaluators, cache_dir, log, progres
     from jaxmerge.evaluation.evaluator import Evaluator
 
     start = time.perf_counter()
-    model_cfg = model_config(config, model.path)
+    model_cfg = model_config(model.path, config.model)
     spm = vocab.sentencepiece_model(model.path)
     settings = {
         "tasks": task_names,

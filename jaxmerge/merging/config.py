@@ -43,6 +43,10 @@ class MergeConfig:
     output: str
     base: str | None = None
     weights: Sequence[float] | None = None
+    # Per-parameter weights, e.g. learned per layer (jaxmerge.learning): (regex, weights)
+    # rules, the first whose regex fully matches a parameter's name wins; parameters no
+    # rule matches take `weights`. Gin or Python only (no flag).
+    weight_rules: Sequence[tuple[str, Sequence[float]]] | None = None
     lam: float | None = None
     density: float | None = None
     drop_rate: float | None = None

@@ -4,6 +4,7 @@
 inputs (unless they alias mapped files), in row blocks when an elementwise merge of a large
 tensor would exceed its share of the budget."""
 
+import re
 import warnings
 from collections.abc import Callable
 
@@ -26,6 +27,29 @@ warnings.filterwarnings("ignore", message="Some donated buffers were not usable"
 DEFAULT_RULES = ((".*", PartitionSpec("data")),)  # first dimension over every device
 
 
+def merge_kernel(spec, hparams: dict, out_dtype, donate: bool = False) -> Callable:
+    """jit((experts, base, weights, key, thresholds) -> merge_tensor(...).astype(out_dtype)).
+
+    The one kernel every merge of a tensor runs, the engine's and the learned merges'
+    alike (jaxmerge.learning scores candidates with it), so the same inputs give the same
+    bits whoever calls it; `donate` hands the experts' and base's buffers to XLA.
+    """
+
+    def merge(experts, base, weights, key, thresholds):
+        kwargs = dict(hparams)
+        if spec.needs_base:
+            kwargs["base"] = base
+        if weights is not None:
+            kwargs["weights"] = weights
+        if spec.random:
+            kwargs["key"] = key
+        if thresholds is not None:
+            kwargs["thresholds"] = thresholds
+        return spec.merge_tensor(experts, **kwargs).astype(out_dtype)
+
+    return jax.jit(merge, donate_argnums=(0, 1) if donate else ())
+
+
 class Merger:
     """Holds the jitted kernels and shardings of one merge."""
 
@@ -40,7 +64,18 @@ class Merger:
         self.hparams = hparams
         self.thresholds = thresholds
         self.weights = None if config.weights is None else jnp.asarray(config.weights, jnp.float32)
+        self._weight_rules = [
+            (re.compile(pattern), jnp.asarray(weights, jnp.float32))
+            for pattern, weights in (config.weight_rules or ())
+        ]
         self._kernels: dict = {}
+
+    def weights_for(self, name: str):
+        """The weights of parameter `name`: its first matching weight rule's, else `weights`."""
+        for pattern, weights in self._weight_rules:
+            if pattern.fullmatch(name):
+                return weights
+        return self.weights
 
     def sharding(self, name: str) -> NamedSharding:
         info = self.plan.params[name]
@@ -50,22 +85,7 @@ class Merger:
     def kernel(self, out_dtype) -> Callable:
         """jit(merge_tensor → cast), donating the experts and the base (if `donate`)."""
         if out_dtype not in self._kernels:
-            spec, hparams = self.spec, self.hparams
-
-            def merge(experts, base, weights, key, thresholds):
-                kwargs = dict(hparams)
-                if spec.needs_base:
-                    kwargs["base"] = base
-                if weights is not None:
-                    kwargs["weights"] = weights
-                if spec.random:
-                    kwargs["key"] = key
-                if thresholds is not None:
-                    kwargs["thresholds"] = thresholds
-                return spec.merge_tensor(experts, **kwargs).astype(out_dtype)
-
-            donated = (0, 1) if self.donate else ()
-            self._kernels[out_dtype] = jax.jit(merge, donate_argnums=donated)
+            self._kernels[out_dtype] = merge_kernel(self.spec, self.hparams, out_dtype, self.donate)
         return self._kernels[out_dtype]
 
     def merge(
@@ -84,7 +104,7 @@ class Merger:
         working = int(np.prod(shape)) * 4 * (len(experts) + 3)  # float32 temporaries
         blockwise = self.spec.elementwise and (not self.spec.global_trim or thresholds is not None)
         if not blockwise or block_bytes is None or working <= block_bytes or len(shape) < 2:
-            return kernel(experts, base, self.weights, key, thresholds)
+            return kernel(experts, base, self.weights_for(name), key, thresholds)
         rows = max(1, shape[0] * block_bytes // working)
         blocks = []
         for start in range(0, shape[0], rows):
@@ -93,7 +113,7 @@ class Merger:
                 kernel(
                     [e[part] for e in experts],
                     None if base is None else base[part],
-                    self.weights,
+                    self.weights_for(name),
                     key,
                     thresholds,
                 )

@@ -51,6 +51,9 @@ def manifest(config, plan, readers, wall_seconds: float) -> dict:
         "method": config.method,
         "hparams": config.hparams(),
         "weights": None if config.weights is None else list(config.weights),
+        "weight_rules": None
+        if config.weight_rules is None
+        else [[pattern, list(w)] for pattern, w in config.weight_rules],
         "seed": config.seed,
         "output_format": plan.output_format,
         "step": plan.step,

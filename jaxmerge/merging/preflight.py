@@ -18,6 +18,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import tempfile
 from numbers import Integral, Real
 
@@ -114,16 +115,27 @@ def _check_experts(config, spec: MergeMethod) -> None:
 
 
 def _check_weights(config) -> None:
-    weights = config.weights
-    if weights is None:
-        return
+    if config.weights is not None:
+        _check_weight_vector(config, "--weights", config.weights)
+    for rule in config.weight_rules or ():
+        if not isinstance(rule, tuple | list) or len(rule) != 2:
+            raise InputError(f"MergeConfig.weight_rules: {rule!r} is not a (regex, weights) pair")
+        pattern, weights = rule
+        try:
+            re.compile(pattern)
+        except (re.error, TypeError) as e:
+            raise InputError(f"MergeConfig.weight_rules: bad regex {pattern!r} ({e})") from None
+        _check_weight_vector(config, f"MergeConfig.weight_rules[{pattern!r}]", weights)
+
+
+def _check_weight_vector(config, flag: str, weights) -> None:
     if len(weights) != len(config.experts):
-        raise InputError(f"--weights: {len(weights)} weights for {len(config.experts)} experts")
+        raise InputError(f"{flag}: {len(weights)} weights for {len(config.experts)} experts")
     for i, w in enumerate(weights):
         if not isinstance(w, Real) or isinstance(w, bool) or not math.isfinite(w):
-            raise InputError(f"--weights: weight {i} is {w!r}; weights must be finite numbers")
+            raise InputError(f"{flag}: weight {i} is {w!r}; weights must be finite numbers")
     if config.method == "average" and math.fsum(weights) == 0:
-        raise InputError("--weights: sum to 0; average divides by Σ wᵢ")
+        raise InputError(f"{flag}: sum to 0; average divides by Σ wᵢ")
 
 
 def _dry_run(config, spec: MergeMethod, hparams: dict) -> None:

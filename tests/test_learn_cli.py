@@ -1,0 +1,106 @@
+"""`jaxmerge learn` end to end on tiny checkpoints: both paths, the merge on disk, errors."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from jaxmerge import training
+from jaxmerge.cli.main import main
+from jaxmerge.evaluation.evaluator import Evaluator
+from jaxmerge.models import params, t5
+from tests.tiny_t5 import TINY, fine_tune_like
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TASK = "jaxmerge_nli_facts"
+SMALL = ["--tasks", TASK, "--max_examples", "12", "--batch_size", "8"]
+SMALL += ["--inputs_length", "160", "--targets_length", "16"]
+
+
+@pytest.fixture(scope="module")
+def pool(tmp_path_factory):
+    """A base and two fine-tune-like experts (base plus small noise), as T5X checkpoints."""
+    root = tmp_path_factory.mktemp("learn_pool")
+    tx = training.adafactor(training.constant(0.01))
+    base = params.unbox(t5.init_params(TINY, jax.random.key(0)))
+    paths = {}
+    for i, name in enumerate(["base", "e1", "e2"]):
+        tree = fine_tune_like(base, i)
+        paths[name] = str(training.save_checkpoint(root / name, 4, tree, tx.init(tree)))
+    return paths
+
+
+def _merged_fitness(summary) -> float:
+    """The merged model on disk, evaluated afresh: its accuracy on TASK."""
+    tree, _, _ = training.restore_checkpoint(summary["merged"])
+    evaluator = Evaluator(
+        TINY,
+        TASK,
+        split="validation",
+        batch_size=8,
+        max_examples=12,
+        task_feature_lengths={"inputs": 160, "targets": 16},
+    )
+    return evaluator.evaluate(tree)[TASK]["accuracy"]
+
+
+@pytest.mark.parametrize("search", ["gradient", "cmaes"])
+def test_learn_writes_the_merge_it_scored(tmp_path, pool, search):
+    out = tmp_path / "out"
+    extra = ["--steps", "4", "--eval_period", "2"] if search == "gradient" else []
+    extra += ["--generations", "2", "--popsize", "4"] if search == "cmaes" else []
+    argv = ["learn", "--base", pool["base"], "--experts", pool["e1"], pool["e2"]]
+    argv += ["--output", str(out), "--search", search, *SMALL, *extra]
+    assert main(argv) == 0
+    summary = json.loads((out / "coefficients.json").read_text())
+    assert list(summary["coefficients"]) == ["all"]
+    assert len(summary["coefficients"]["all"]) == 2
+    assert summary["history"]
+    assert summary["fitness"] == _merged_fitness(summary)  # the bytes on disk were scored
+    assert not (out / "state").exists()
+    assert main(argv) == 2  # a finished run is not redone without --overwrite
+
+
+def test_simplex_with_one_checkpoint_gives_weight_one(tmp_path, pool):
+    out = tmp_path / "one"
+    argv = ["learn", "--experts", pool["e1"], "--space", "simplex", "--output", str(out)]
+    argv += [*SMALL, "--search", "cmaes", "--generations", "2", "--popsize", "4"]
+    assert main(argv) == 0
+    summary = json.loads((out / "coefficients.json").read_text())
+    assert summary["coefficients"]["all"] == [1.0]
+
+
+def _error(*args) -> str:
+    out = subprocess.run(
+        [sys.executable, "-m", "jaxmerge", "learn", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=ROOT,
+        env={**os.environ, "JAXMERGE_COMPILATION_CACHE": "off"},
+    )
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    return lines[0]
+
+
+def test_bad_input_exits_2_with_one_line(tmp_path, pool):
+    common = ["--base", pool["base"], "--output", str(tmp_path / "bad")]
+    line = _error(*common, "--experts", pool["e1"], "--tasks", "jaxmerge_nli_fact")
+    assert "no seqio Task or Mixture named 'jaxmerge_nli_fact'" in line
+    rule = ["--group_rule", "nothing/.*=x"]
+    line = _error(*common, "--experts", pool["e1"], *SMALL, *rule)
+    assert "--group_rule nothing/.*=x: matches no parameter" in line
+    wide = params.unbox(
+        t5.init_params(t5.T5Config(**{**TINY.__dict__, "mlp_dim": 32}), jax.random.key(0))
+    )
+    tx = training.adafactor(training.constant(0.01))
+    other = str(training.save_checkpoint(tmp_path / "other", 4, wide, tx.init(wide)))
+    line = _error(*common, "--experts", pool["e1"], other, *SMALL)
+    assert f"{other}: parameter" in line and "has shape" in line
+    assert not (tmp_path / "bad" / "coefficients.json").exists()
