@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 export PYTHONDONTWRITEBYTECODE := 1
 export TF_CPP_MIN_LOG_LEVEL := 3
 
-.PHONY: demo test test-slow test-all lint format bench bench-merge bench-checkpoints bench-eval clean
+.PHONY: demo test test-slow test-all lint format bench bench-merge bench-checkpoints bench-eval bench-learn clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -44,6 +44,9 @@ bench-checkpoints: $(STAMP)
 
 bench-eval: $(STAMP)
 	$(BIN)/python -m benchmarks.evaluate --sizes tiny small
+
+bench-learn: $(STAMP)
+	$(BIN)/python -m benchmarks.learn
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -63,8 +63,12 @@ def make_step(spec, grouping, model_config, tx: optax.GradientTransformation, ob
     """(raw, opt_state, checkpoints, base, batch) -> (raw, opt_state, loss), jitted once."""
     loss_fn = LOSSES[objective]
 
+    # Rematerialized: the backward pass recomputes θᵢ − θ₀ instead of keeping K task
+    # vectors as residuals (K model sizes); dL/dc = Σ dL/dθ · τᵢ then fuses into one pass.
+    merge = jax.checkpoint(functools.partial(merged_params, spec, grouping))
+
     def loss_of(raw, checkpoints, base, batch):
-        return loss_fn(model_config, merged_params(spec, grouping, raw, checkpoints, base), batch)
+        return loss_fn(model_config, merge(raw, checkpoints, base), batch)
 
     @functools.partial(jax.jit, donate_argnums=(0, 1))
     def step(raw, opt_state, checkpoints, base, batch):
