@@ -87,6 +87,13 @@ def linear_decay(
     so d counts the warm-up too: set it to the number of steps of the run (TRAIN_STEPS
     minus the initial checkpoint's step when fine-tuning).
     """
+    for name, value in (("warmup_steps", warmup_steps), ("decay_steps", decay_steps)):
+        if not isinstance(value, int | np.integer):  # e.g. gin's REQUIRED: DECAY_STEPS unset
+            raise InputError(
+                f"linear_decay: {name} is unset or not a whole number of steps ({value!r}); "
+                "the recipes take decay_steps from DECAY_STEPS: pass --gin.DECAY_STEPS=N, "
+                "the run's length"
+            )
     if not 0 <= warmup_steps < decay_steps:
         raise InputError(
             f"linear_decay: need 0 <= warmup_steps ({warmup_steps}) < decay_steps ({decay_steps})"

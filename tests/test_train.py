@@ -80,7 +80,13 @@ def test_linear_decay_values():
 
 
 @pytest.mark.parametrize(
-    "kwargs", [dict(warmup_steps=5, decay_steps=5), dict(decay_steps=0), dict(final_fraction=2)]
+    "kwargs",
+    [
+        dict(warmup_steps=5, decay_steps=5),
+        dict(decay_steps=0),
+        dict(final_fraction=2),
+        dict(decay_steps=object()),  # what gin passes for an unset `DECAY_STEPS = %gin.REQUIRED`
+    ],
 )
 def test_linear_decay_bad_arguments(kwargs):
     from jaxmerge.errors import InputError
