@@ -68,6 +68,49 @@ def constant(base_learning_rate: float = 0.001) -> optax.Schedule:
     return optax.constant_schedule(base_learning_rate)
 
 
+def linear_decay(
+    base_learning_rate: float = 0.03,
+    warmup_steps: int = 0,
+    decay_steps: int = 1000,
+    final_fraction: float = 0.1,
+) -> optax.Schedule:
+    """Linear warm-up, then linear decay to `final_fraction` of the base, then flat.
+
+    With s the optimizer's step count (0 for the first update; it starts at 0 when
+    fine-tuning from `initial_checkpoint_path`, whose optimizer state starts fresh),
+    b = base_learning_rate, w = warmup_steps, d = decay_steps, f = final_fraction:
+
+        lr(s) = b * (s + 1) / w                           for s < w
+        lr(s) = b * (1 - (1 - f) * (s - w) / (d - w))     for w <= s < d
+        lr(s) = b * f                                     for s >= d
+
+    so d counts the warm-up too: set it to the number of steps of the run (TRAIN_STEPS
+    minus the initial checkpoint's step when fine-tuning).
+    """
+    for name, value in (("warmup_steps", warmup_steps), ("decay_steps", decay_steps)):
+        if not isinstance(value, int | np.integer):  # e.g. gin's REQUIRED: DECAY_STEPS unset
+            raise InputError(
+                f"linear_decay: {name} is unset or not a whole number of steps ({value!r}); "
+                "the recipes take decay_steps from DECAY_STEPS: pass --gin.DECAY_STEPS=N, "
+                "the run's length"
+            )
+    if not 0 <= warmup_steps < decay_steps:
+        raise InputError(
+            f"linear_decay: need 0 <= warmup_steps ({warmup_steps}) < decay_steps ({decay_steps})"
+        )
+    if not 0 <= final_fraction <= 1:
+        raise InputError(f"linear_decay: final_fraction={final_fraction} must be in [0, 1]")
+
+    def schedule(step):
+        s = jnp.asarray(step, jnp.float32)
+        warm = (s + 1) / max(warmup_steps, 1)
+        frac = jnp.clip((s - warmup_steps) / (decay_steps - warmup_steps), 0.0, 1.0)
+        decay = 1.0 - (1.0 - final_fraction) * frac
+        return base_learning_rate * jnp.where(s < warmup_steps, warm, decay)
+
+    return schedule
+
+
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
     """Which data to train on; names as T5X's `utils.DatasetConfig`."""
@@ -301,7 +344,7 @@ def train(
             metrics = {
                 "loss": loss,
                 "tokens_per_s": jax.process_count() * tokens / elapsed,
-                "learning_rate": float(learning_rate_fn(step)),
+                "learning_rate": float(learning_rate_fn(_schedule_count(opt_state, step) - 1)),
             }
             print(
                 f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True
@@ -313,6 +356,16 @@ def train(
     if step == first:
         print(f"nothing to do: already at step {step} >= TRAIN_STEPS={total_steps}")
     return metrics
+
+
+def _schedule_count(opt_state, step: int) -> int:
+    """The step count the optimizer's schedule sees: steps since its state started (a
+    fine-tuning run's optimizer starts fresh at the initial checkpoint's step)."""
+    is_schedule = lambda x: isinstance(x, optax.ScaleByScheduleState)  # noqa: E731
+    for leaf in jax.tree.leaves(opt_state, is_leaf=is_schedule):
+        if is_schedule(leaf):
+            return int(leaf.count)
+    return step
 
 
 def _check_params(params, abstract, path) -> None:

@@ -2,7 +2,8 @@
 # Make the built-in experts on this machine: a pre-trained base, an instruction-tuned
 # base, one expert per held-in category from each base, and the multitask baseline
 # from each base. Usage: launch/local_experts.sh OUT [MODEL] (MODEL: tiny, mini, ...).
-# Step counts are totals (T5X convention: fine-tuning continues the base's step).
+# Step counts are totals (T5X convention: fine-tuning continues the base's step);
+# DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
 set -euo pipefail
 OUT=${1:?usage: $0 OUT [MODEL]}
 MODEL=${2:-tiny}
@@ -15,7 +16,8 @@ train --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'$OUT/pretrained
   --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS="$PT_STEPS"
 PT="$OUT/pretrained/checkpoint_$PT_STEPS"
 train --gin_file=gin_configs/runs/instruction_tune.gin --gin.MODEL_DIR="'$OUT/instruction_tuned'" \
-  --gin.INITIAL_CHECKPOINT_PATH="'$PT'" --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))"
+  --gin.INITIAL_CHECKPOINT_PATH="'$PT'" --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" \
+  --gin.DECAY_STEPS="$IT_STEPS"
 IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
 
 for base in pretrained instruction_tuned; do
@@ -24,8 +26,10 @@ for base in pretrained instruction_tuned; do
   for c in $CATEGORIES; do
     train --gin_file=gin_configs/runs/expert.gin --gin.MODEL_DIR="'$OUT/experts/$base/$c'" \
       --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_$c'" \
-      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + FT_STEPS))"
+      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + FT_STEPS))" \
+      --gin.DECAY_STEPS="$FT_STEPS"
   done
   train --gin_file=gin_configs/runs/multitask.gin --gin.MODEL_DIR="'$OUT/multitask/$base'" \
-    --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + 8 * FT_STEPS))"
+    --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + 8 * FT_STEPS))" \
+    --gin.DECAY_STEPS="$((8 * FT_STEPS))"
 done

@@ -58,6 +58,33 @@ def test_loss_is_token_mean_cross_entropy(batch):
     np.testing.assert_allclose(loss, np.sum(ce * w) / np.sum(w), rtol=1e-5)
 
 
+def test_linear_decay_values():
+    lr = training.linear_decay(0.03, warmup_steps=4, decay_steps=14, final_fraction=0.1)
+    got = [float(lr(s)) for s in (0, 1, 3, 4, 9, 13, 14, 100)]
+    want = [0.0075, 0.015, 0.03, 0.03, 0.03 * (1 - 0.9 * 5 / 10), 0.03 * (1 - 0.9 * 9 / 10)]
+    np.testing.assert_allclose(got, [*want, 0.003, 0.003], rtol=1e-6)
+    no_warmup = training.linear_decay(1.0, warmup_steps=0, decay_steps=4, final_fraction=0.0)
+    np.testing.assert_allclose([float(no_warmup(s)) for s in range(6)], [1, 0.75, 0.5, 0.25, 0, 0])
+    # Jittable (optax calls it with the optimizer's traced step count).
+    assert float(jax.jit(lr)(np.int32(9))) == pytest.approx(want[4])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(warmup_steps=5, decay_steps=5),
+        dict(decay_steps=0),
+        dict(final_fraction=2),
+        dict(decay_steps=object()),  # what gin passes for an unset `DECAY_STEPS = %gin.REQUIRED`
+    ],
+)
+def test_linear_decay_bad_arguments(kwargs):
+    from jaxmerge.errors import InputError
+
+    with pytest.raises(InputError, match="linear_decay"):
+        training.linear_decay(**kwargs)
+
+
 def test_t5x_checkpoint_roundtrip_through_model(tmp_path):
     p = params.unbox(t5.init_params(TINY, jax.random.key(3)))
     tx = training.adafactor(training.constant(0.01))
@@ -153,7 +180,7 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
         model=TINY,
         model_dir=str(tmp_path / "expert"),
         train_dataset_cfg=cfg,
-        learning_rate_fn=training.constant(0.001),
+        learning_rate_fn=training.linear_decay(0.001, warmup_steps=0, decay_steps=4),
         initial_checkpoint_path=str(initial),
         save_period=100,
         log_period=1,
@@ -161,6 +188,9 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
     metrics = run(total_steps=12)
     assert "initialised from" in capsys.readouterr().out
     assert np.isfinite(metrics["loss"]) and metrics["tokens_per_s"] > 0
+    # The schedule counts from the fine-tuning's first step (the optimizer starts fresh):
+    # the 2nd update (step 12) used lr(1), and that is what is logged.
+    assert metrics["learning_rate"] == pytest.approx(0.001 * (1 - 0.9 / 4))
     assert sorted(x.name for x in (tmp_path / "expert").glob("checkpoint_*")) == ["checkpoint_12"]
     tuned, step, _ = training.restore_checkpoint(tmp_path / "expert" / "checkpoint_12")
     assert step == 12
@@ -182,7 +212,35 @@ def test_recipes_parse(recipe, size):
     files = [f"gin_configs/models/t5_{size}.gin", f"gin_configs/runs/{recipe}.gin"]
     gin_flags.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
     assert isinstance(gin_flags.macro("MODEL"), t5.T5Config)
-    assert gin_flags.macro("TASK_FEATURE_LENGTHS") == {"inputs": 256, "targets": 64}
+    lengths = {"inputs": 128, "targets": 48} if recipe == "instruction_tune" else None
+    assert gin_flags.macro("TASK_FEATURE_LENGTHS") == (lengths or {"inputs": 256, "targets": 64})
+
+
+@pytest.mark.parametrize("recipe", ["instruction_tune", "expert", "multitask"])
+def test_built_in_base_recipe_and_t5x_values_back(recipe):
+    """The fine-tuning recipes of the built-in bases: lr 0.08 decayed over DECAY_STEPS,
+    dropout 0; the flags in built_in_base.gin's header restore T5X's 1e-3 / 0.1."""
+    import gin
+
+    from jaxmerge.cli import gin_flags
+
+    files = ["gin_configs/models/t5_tiny.gin", f"gin_configs/runs/{recipe}.gin"]
+    required = ["MODEL_DIR = '/m'", "TRAIN_STEPS = 3", "INITIAL_CHECKPOINT_PATH = '/c'"]
+    required.append("MIXTURE_OR_TASK_NAME = 'jaxmerge_held_in_topic'")
+    gin_flags.parse(files, [*required, "DECAY_STEPS = 100"])
+    assert gin_flags.macro("MODEL").dropout_rate == 0.0
+    lr = gin.query_parameter("train_script.train.learning_rate_fn").scoped_configurable_fn()
+    got = [float(lr(s)) for s in (0, 49, 75, 100, 200)]
+    assert got == pytest.approx([0.0016, 0.08, 0.08 * (1 - 0.9 / 2), 0.008, 0.008])
+    t5x = [
+        "train_script.train.learning_rate_fn = @train_script.constant()",
+        "train_script.constant.base_learning_rate = 0.001",
+        "DROPOUT_RATE = 0.1",
+    ]
+    gin_flags.parse(files, [*required, *t5x])
+    assert gin_flags.macro("MODEL").dropout_rate == 0.1
+    lr = gin.query_parameter("train_script.train.learning_rate_fn").scoped_configurable_fn()
+    assert float(lr(0)) == float(lr(1000)) == pytest.approx(0.001)
 
 
 def test_restore_from_hugging_face_directory(tmp_path):
