@@ -22,17 +22,9 @@ from jaxmerge.errors import InputError
 from jaxmerge.evaluation import Evaluator
 from jaxmerge.models import decoding, params, t5
 from jaxmerge.tasks import metrics
+from tests.tiny_t5 import TINY_RELU
 
-CFG = t5.T5Config(
-    vocab_size=384,
-    emb_dim=32,
-    num_heads=2,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    head_dim=16,
-    mlp_dim=64,
-    dropout_rate=0.0,
-)
+CFG = TINY_RELU
 LENGTHS = {"inputs": 64, "targets": 8}
 EOS, A = 1, ord("a") + 3  # byte vocabulary ids
 

@@ -13,6 +13,7 @@ from jaxmerge.evaluation import Evaluator
 from jaxmerge.learning import coefficients, search
 from jaxmerge.learning.pool import Pool
 from jaxmerge.models import params, t5
+from tests.tiny_t5 import TINY_RELU
 
 TARGET = np.array([0.5, -1.0, 2.0])
 
@@ -109,16 +110,7 @@ def test_bad_arguments():
 
 # --- the merge fitness on tiny T5s -----------------------------------------------------
 
-CFG = t5.T5Config(
-    vocab_size=384,
-    emb_dim=32,
-    num_heads=2,
-    num_encoder_layers=1,
-    num_decoder_layers=1,
-    head_dim=16,
-    mlp_dim=64,
-    dropout_rate=0.0,
-)
+CFG = TINY_RELU
 TASK = "jaxmerge_nli_facts"
 SIMPLEX = coefficients.CoefficientSpec(space="simplex", simplex_map="projection")
 _init = jax.jit(lambda key: params.unbox(t5.init_params(CFG, key)))

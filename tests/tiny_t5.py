@@ -1,5 +1,7 @@
 """The T5 configs tests build models of: small enough to compile and run in seconds."""
 
+import dataclasses
+
 from jaxmerge.models import t5
 
 TINY = t5.T5Config(  # 1 + 1 layers, embed 32: what most model, training and eval tests use
@@ -13,6 +15,8 @@ TINY = t5.T5Config(  # 1 + 1 layers, embed 32: what most model, training and eva
     mlp_activations=("gelu", "linear"),
     dropout_rate=0.0,
 )
+# The same sizes with T5's single relu MLP (wi, wo) instead of the gated one.
+TINY_RELU = dataclasses.replace(TINY, mlp_activations=("relu",))
 
 
 def fine_tune_like(tree, seed: int, scale: float = 0.05):
