@@ -17,6 +17,15 @@ steps after a warm-up, and reports:
              measurements before each size (the machine may be shared)
   10 min     tokens a 10-minute run processes at this speed; a model of N params
              wants about 20 N tokens (Hoffmann et al. 2022, arXiv:2203.15556)
+
+With --mixtures it also trains on real packed batches of built-in mixtures, once
+with the old fixed lengths (inputs 256, targets 64) and once with the lengths
+fitted to the mixture (jaxmerge/tasks/lengths.py), alternating, and reports
+examples/s (packed segments per second), the share of real tokens in the rows,
+and the fitted / fixed speed-up, per size:
+
+    .venv/bin/python -m benchmarks.train_speed --sizes nano tiny milli \
+        --mixtures jaxmerge_held_in_extractive_qa jaxmerge_instructions
 """
 
 import argparse
@@ -29,6 +38,7 @@ import numpy as np
 from jaxmerge import training
 from jaxmerge.cli import gin_flags
 from jaxmerge.models import params, t5
+from jaxmerge.tasks import lengths as lengths_lib
 
 LENGTHS = {"inputs": 256, "targets": 64}
 
@@ -117,13 +127,83 @@ def bench(size: str, batch: int, steps: int, peak: float) -> dict:
     }
 
 
+FIXED = {"inputs": 256, "targets": 64}
+
+
+def packed_batches(mixture: str, lengths: dict, batch: int, n: int) -> list[dict]:
+    cfg = training.DatasetConfig(mixture, lengths, batch_size=batch, seed=0)
+    it = training.make_dataset(cfg, seed=0)
+    return [next(it) for _ in range(n)]
+
+
+def bench_data(size: str, mixture: str, batch: int, steps: int, reps: int = 2) -> dict:
+    """Examples/s on real packed batches: fixed 256/64 against fitted lengths."""
+    gin_flags.parse([f"gin_configs/models/t5_{size}.gin"], ["DROPOUT_RATE = 0.0"])
+    config = gin_flags.macro("MODEL")
+    tx = training.adafactor(training.constant(1e-3))
+    p0 = params.unbox(t5.init_params(config, jax.random.key(0)))
+    step_fn = training.make_train_step(config, tx)
+    runs = {"fixed": FIXED, "fitted": lengths_lib.fitted_feature_lengths(mixture)}
+    data = {k: packed_batches(mixture, v, batch, steps) for k, v in runs.items()}
+    best = {k: float("inf") for k in runs}
+    for batches in data.values():  # compile and warm up
+        p, state = p0, tx.init(p0)
+        p, state, loss = step_fn(p, state, batches[0], jax.random.key(0), 0)
+        loss.block_until_ready()
+    for _ in range(reps):  # alternate, keep the best of each
+        for k, batches in data.items():
+            p, state = p0, tx.init(p0)
+            t = time.perf_counter()
+            for i, b in enumerate(batches):
+                p, state, loss = step_fn(p, state, b, jax.random.key(0), i)
+            loss.block_until_ready()
+            best[k] = min(best[k], time.perf_counter() - t)
+    out = {"size": size, "mixture": mixture}
+    for k, batches in data.items():
+        examples = sum(int(b["encoder_segment_ids"].max(axis=1).sum()) for b in batches)
+        real = sum(int((b["encoder_input_tokens"] > 0).sum()) for b in batches)
+        shape = sum(b["encoder_input_tokens"].size for b in batches)
+        out[k] = {
+            "lengths": runs[k],
+            "examples/s": examples / best[k],
+            "fill": real / shape,
+            "s/step": best[k] / len(batches),
+        }
+    out["speed-up"] = out["fitted"]["examples/s"] / out["fixed"]["examples/s"]
+    return out
+
+
+def main_data(args) -> None:
+    print(
+        "| size | mixture | fixed 256/64: ex/s (inputs fill) | fitted: lengths, ex/s (fill) "
+        "| speed-up |"
+    )
+    print("|---|---|---|---|---|")
+    for size in args.sizes:
+        for mixture in args.mixtures:
+            r = bench_data(size, mixture, args.batch, args.steps)
+            f, g = r["fixed"], r["fitted"]
+            lens = f"{g['lengths']['inputs']}/{g['lengths']['targets']}"
+            print(
+                f"| {size} | {mixture.removeprefix('jaxmerge_')} | {f['examples/s']:.0f} "
+                f"({100 * f['fill']:.0f}%) | {lens}, {g['examples/s']:.0f} "
+                f"({100 * g['fill']:.0f}%) | {r['speed-up']:.2f}x |",
+                flush=True,
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", nargs="+", default=["tiny", "small"])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--mixtures", nargs="*", default=[])
     args = parser.parse_args()
     print(f"devices: {jax.devices()}")
+    if args.mixtures:
+        print(f"float32 matmul peak here: {peak_flops() / 1e9:.0f} GFLOP/s")
+        main_data(args)
+        return
     print(
         "| size | params | batch | s/step | tokens/s | model GFLOPs/step (XLA) | GFLOP/s "
         "| peak | MFU | tokens in 10 min |"

@@ -21,6 +21,8 @@ fresh.
 
 import dataclasses
 import functools
+import json
+import os
 import pathlib
 import re
 import shutil
@@ -330,14 +332,18 @@ def train(
     writer = summaries.scalar_writer(model_dir / "train")
     rng, metrics = jax.random.key(random_seed + 1), {}
     tokens, t0, first = 0, time.perf_counter(), step
+    totals = _read_train_stats(model_dir, step)
+    totals_t0 = time.perf_counter()
     while step < total_steps:
         local = next(batches)
         batch = {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
         params, opt_state, loss = train_step(params, opt_state, batch, rng, step)
         step += 1
-        tokens += int(
+        new_tokens = int(
             np.sum(local["encoder_input_tokens"] > 0) + np.sum(local["decoder_loss_weights"])
         )
+        tokens += new_tokens
+        totals["tokens"] += jax.process_count() * new_tokens
         if step % log_period == 0 or step == total_steps:
             loss = float(loss)  # waits for the step
             elapsed = time.perf_counter() - t0
@@ -353,9 +359,41 @@ def train(
             tokens, t0 = 0, time.perf_counter()
         if step % save_period == 0 or step == total_steps:
             print(f"saved {save_checkpoint(model_dir, step, params, opt_state)}", flush=True)
+            now = time.perf_counter()
+            totals["seconds"] += now - totals_t0
+            totals_t0, totals["step"] = now, step
+            _write_train_stats(model_dir, totals)
     if step == first:
         print(f"nothing to do: already at step {step} >= TRAIN_STEPS={total_steps}")
     return metrics
+
+
+TRAIN_STATS_FILE = "train_stats.json"
+
+
+def _read_train_stats(model_dir: pathlib.Path, step: int) -> dict:
+    """This run's totals so far, {"step", "tokens", "seconds"}, from TRAIN_STATS_FILE.
+
+    tokens: real (non-padding) input and target tokens trained on in this model
+    directory; seconds: wall time of the training loop (restores, data and steps up
+    to the last checkpoint, not the start-up). Kept at each checkpoint, so a resumed
+    run adds to the totals of its checkpoint; a fine-tuning run counts from its
+    initial checkpoint's step.
+    """
+    try:
+        stats = json.loads((model_dir / TRAIN_STATS_FILE).read_text())
+    except (FileNotFoundError, ValueError):
+        stats = {}
+    if stats.get("step") != step:
+        stats = {"step": step, "tokens": 0, "seconds": 0.0, "start_step": step}
+    return stats
+
+
+def _write_train_stats(model_dir: pathlib.Path, stats: dict) -> None:
+    tmp = model_dir / f".{TRAIN_STATS_FILE}.tmp"
+    if jax.process_index() == 0:
+        tmp.write_text(json.dumps(stats, indent=1) + "\n")
+        os.replace(tmp, model_dir / TRAIN_STATS_FILE)
 
 
 def _schedule_count(opt_state, step: int) -> int:

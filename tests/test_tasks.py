@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from jaxmerge import tasks
-from jaxmerge.tasks import held_in, held_out, instructions, metrics, registry
+from jaxmerge.tasks import held_in, held_out, instructions, metrics, registry, world
 
 ALL = {
     **{d: g for ds in held_in.CATEGORIES.values() for d, g in ds.items()},
@@ -118,3 +118,85 @@ def test_pretraining_corpus_is_deterministic():
     for a, b in zip(first[0] + first[1], again[0] + again[1], strict=True):
         np.testing.assert_array_equal(a, b)
     assert all(t[0] == 358 for t in first[1])  # targets start with the first sentinel
+
+
+def _word_runs(text: str, n: int = 5) -> set[tuple[str, ...]]:
+    words = text.lower().replace("?", " ").replace(".", " ").replace(",", " ").split()
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_instruction_mixture_is_disjoint_from_held_in_and_held_out_by_content():
+    """No instruction example shares an input, a target, or a run of 5 words with any
+    held-in or held-out example (every split), and none names a person or a city."""
+    evaluated = {
+        **{d: g for ds in held_in.CATEGORIES.values() for d, g in ds.items()},
+        **{d: g for ds in held_out.CATEGORIES.values() for d, g in ds.items()},
+    }
+    eval_inputs, eval_runs = set(), set()
+    for name, gen in evaluated.items():
+        for split in registry.SPLIT_SIZES:
+            for e in registry.examples(name, gen, split):
+                eval_inputs.add(e["inputs"])
+                eval_runs |= _word_runs(e["inputs"])
+    w = world.world()
+    named = {p.name.lower() for p in w.people} | {c.lower() for c in w.cities}
+    for name, gen in instructions.INSTRUCTIONS.items():
+        for split in registry.SPLIT_SIZES:
+            for e in registry.examples(f"instr_{name}", gen, split):
+                assert e["inputs"] not in eval_inputs, (name, e)
+                shared = _word_runs(e["inputs"]) & eval_runs
+                assert not shared, (name, sorted(shared)[:3])
+                assert not named & set(e["inputs"].lower().split()), (name, e)
+
+
+def test_instruction_mixture_has_both_families():
+    assert len(instructions.WORD_MANIPULATION) >= 6
+    assert len(instructions.QUESTIONS_ABOUT_THE_INPUT) >= 4
+    answers = collections.Counter(
+        e["targets"]
+        for g in instructions.QUESTIONS_ABOUT_THE_INPUT
+        for e in registry.examples(f"instr_{g.__name__}", g, "test")
+    )
+    assert answers["yes"] and answers["no"]  # the yes/no format the held-out tasks use
+
+
+def test_fitted_feature_lengths_hold_every_example_and_trim_the_rest():
+    from jaxmerge.tasks import lengths
+
+    assert lengths.fitted_feature_lengths("jaxmerge_held_in") == {"inputs": 256, "targets": 64}
+    assert lengths.fitted_feature_lengths("jaxmerge_held_in_topic") == {
+        "inputs": 96,
+        "targets": 32,
+    }
+    for category in held_in.CATEGORIES:
+        name = f"jaxmerge_held_in_{category}"
+        fitted = lengths.fitted_feature_lengths(name)
+        assert fitted["inputs"] % lengths.INPUT_QUANTUM == 0
+        for task in lengths.task_names(name):
+            dataset, gen = registry.generated_datasets()[task]
+            for e in registry.examples(dataset, gen, "train"):
+                assert len(e["inputs"].encode()) < fitted["inputs"]
+                assert len(e["targets"].encode()) < fitted["targets"]
+        assert fitted["inputs"] - lengths.INPUT_QUANTUM < max(  # not longer than needed
+            len(e["inputs"].encode()) + 1
+            for t in lengths.task_names(name)
+            for e in registry.examples(*registry.generated_datasets()[t], "train")
+        )
+
+
+def test_fitted_feature_lengths_refuse_the_pretraining_corpus():
+    from jaxmerge.tasks import lengths
+
+    with pytest.raises(ValueError, match="jaxmerge_pretrain_corpus.*TASK_FEATURE_LENGTHS"):
+        lengths.fitted_feature_lengths("jaxmerge_pretrain")
+
+
+def test_instruction_families_are_mixtures():
+    import seqio
+
+    tasks.register()
+    for family, generators in instructions.FAMILIES.items():
+        mixture = seqio.get_mixture_or_task(f"jaxmerge_instructions_{family}")
+        assert sorted(t.name for t in mixture.tasks) == sorted(
+            f"jaxmerge_instr_{g.__name__}" for g in generators
+        )

@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import json
 import os
 import subprocess
 import sys
@@ -194,6 +195,13 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
     assert sorted(x.name for x in (tmp_path / "expert").glob("checkpoint_*")) == ["checkpoint_12"]
     tuned, step, _ = training.restore_checkpoint(tmp_path / "expert" / "checkpoint_12")
     assert step == 12
+    stats = json.loads((tmp_path / "expert" / "train_stats.json").read_text())
+    assert stats["step"] == 12 and stats["start_step"] == 10 and stats["seconds"] > 0
+    assert 0 < stats["tokens"] <= 2 * 8 * sum(LENGTHS.values())  # real tokens of 2 steps
+    run(total_steps=14)  # resumed: the totals add up
+    more = json.loads((tmp_path / "expert" / "train_stats.json").read_text())
+    assert more["step"] == 14 and more["start_step"] == 10 and more["tokens"] > stats["tokens"]
+    assert more["seconds"] > stats["seconds"]
     before, after = params.flatten(p), params.flatten(tuned)
     assert not np.allclose(
         before["encoder/layers_0/mlp/wo/kernel"], after["encoder/layers_0/mlp/wo/kernel"]
@@ -203,7 +211,9 @@ def test_finetune_from_initial_checkpoint_then_resume(tmp_path, capsys):
 @pytest.mark.parametrize(
     "recipe", ["pretrain", "finetune", "instruction_tune", "expert", "multitask"]
 )
-@pytest.mark.parametrize("size", ["tiny", "mini", "small", "base", "large", "xl"])
+@pytest.mark.parametrize(
+    "size", ["nano", "micro", "tiny", "milli", "mini", "small", "base", "large", "xl"]
+)
 def test_recipes_parse(recipe, size):
     from jaxmerge.cli import gin_flags
 
@@ -212,8 +222,9 @@ def test_recipes_parse(recipe, size):
     files = [f"gin_configs/models/t5_{size}.gin", f"gin_configs/runs/{recipe}.gin"]
     gin_flags.parse(files, required if recipe != "pretrain" else required[:2] + required[3:])
     assert isinstance(gin_flags.macro("MODEL"), t5.T5Config)
-    lengths = {"inputs": 128, "targets": 48} if recipe == "instruction_tune" else None
-    assert gin_flags.macro("TASK_FEATURE_LENGTHS") == (lengths or {"inputs": 256, "targets": 64})
+    fitted = recipe in ("instruction_tune", "expert", "multitask")  # built_in_base.gin
+    lengths = {"inputs": 96, "targets": 32} if fitted else {"inputs": 256, "targets": 64}
+    assert gin_flags.macro("TASK_FEATURE_LENGTHS") == lengths  # fitted to held_in_topic
 
 
 @pytest.mark.parametrize("recipe", ["instruction_tune", "expert", "multitask"])
@@ -245,7 +256,6 @@ def test_built_in_base_recipe_and_t5x_values_back(recipe):
 
 def test_restore_from_hugging_face_directory(tmp_path):
     """A Flan-T5-style safetensors directory can be INITIAL_CHECKPOINT_PATH."""
-    import json
 
     from safetensors.numpy import save_file
 

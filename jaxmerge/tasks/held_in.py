@@ -72,16 +72,16 @@ def sentiment_review(rng: random.Random) -> Example:
     return {"inputs": f"review: {text}. Is this review positive or negative?", "targets": label}
 
 
-def sentiment_negation(rng: random.Random) -> Example:
+def sentiment_message(rng: random.Random) -> Example:
+    """One polar lexicon word among neutral ones: the mood of a short message."""
     w = world()
-    good = rng.random() < 0.5
-    word = rng.choice(w.positive if good else w.negative)
-    negated = rng.random() < 0.5
+    happy = rng.random() < 0.5
+    words = [rng.choice(w.positive if happy else w.negative), *rng.sample(w.neutral, 2)]
+    rng.shuffle(words)
     p = _people(rng, 1)[0]
-    text = f"{p.name} said the day was {'not ' if negated else ''}{word}."
     return {
-        "inputs": f"{text} How did {p.name} feel?",
-        "targets": "good" if good != negated else "bad",
+        "inputs": f"message from {p.name}: today was {' and '.join(words)}. Happy or sad?",
+        "targets": "happy" if happy else "sad",
     }
 
 
@@ -191,7 +191,7 @@ def mc_count(rng: random.Random) -> Example:
 CATEGORIES = {  # category -> {dataset: generator}
     "extractive_qa": {"extractive_kv": extractive_kv, "extractive_story": extractive_story},
     "closed_book_qa": {"closed_book_city": closed_book_city, "closed_book_job": closed_book_job},
-    "sentiment": {"sentiment_review": sentiment_review, "sentiment_negation": sentiment_negation},
+    "sentiment": {"sentiment_review": sentiment_review, "sentiment_message": sentiment_message},
     "topic": {"topic_news": topic_news, "topic_question": topic_question},
     "structure_to_text": {"struct_table": struct_table, "struct_triples": struct_triples},
     "summarization": {"summary_lead": summary_lead, "summary_compress": summary_compress},

@@ -12,6 +12,7 @@ Registered names (call `register()` once; it is idempotent):
                                     instruction: jaxmerge_instr_<name>)
   jaxmerge_pretrain_corpus          span-corruption Task on the pretraining text
   jaxmerge_held_in_<category>       the 2 datasets of one held-in category (an expert)
+  jaxmerge_instructions_<family>    one family of instruction tasks (instructions.FAMILIES)
   jaxmerge_pretrain, jaxmerge_instructions, jaxmerge_held_in, jaxmerge_held_out
 """
 
@@ -158,6 +159,14 @@ def vocabulary():
     return seqio.ByteVocabulary(extra_ids=NUM_SENTINELS)
 
 
+def generated_datasets() -> dict:
+    """seqio task name -> (dataset name, generator) of every generated built-in task."""
+    evaluated = [ds for m in (held_in, held_out) for ds in m.CATEGORIES.values()]
+    out = {f"jaxmerge_{d}": (d, g) for ds in evaluated for d, g in ds.items()}
+    out |= {f"jaxmerge_instr_{d}": (f"instr_{d}", g) for d, g in instructions.INSTRUCTIONS.items()}
+    return out
+
+
 @functools.cache
 def register() -> None:
     """Registers every Task and Mixture listed in the module docstring (once)."""
@@ -213,16 +222,18 @@ def register() -> None:
     ]
     add_mixture("jaxmerge_held_out", held_out_names)
 
-    instr = [
-        add(
+    instr = {
+        d: add(
             f"jaxmerge_instr_{d}",
             seqio.FunctionDataSource(_generation_source(f"instr_{d}", g), splits),
             preprocessors=prep,
             metric_fns=[metrics.exact_match],
         )
         for d, g in instructions.INSTRUCTIONS.items()
-    ]
-    add_mixture("jaxmerge_instructions", instr)
+    }
+    add_mixture("jaxmerge_instructions", list(instr.values()))
+    for family, generators in instructions.FAMILIES.items():
+        add_mixture(f"jaxmerge_instructions_{family}", [instr[g.__name__] for g in generators])
 
     add(
         "jaxmerge_pretrain_corpus",

@@ -1,0 +1,86 @@
+"""The micro ladder: launch/local_experts.sh builds one size's whole set, then it is scored."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+from jaxmerge import model_set
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_models_layout():
+    names = [m.name for m in model_set.models("/x", ["topic"])]
+    assert names == [
+        "base/pretrained",
+        "base/instruction_tuned",
+        "expert/pretrained/topic",
+        "multitask/pretrained",
+        "expert/instruction_tuned/topic",
+        "multitask/instruction_tuned",
+    ]
+
+
+def test_majority_baseline_is_the_most_common_answer():
+    assert model_set.majority_baseline("jaxmerge_topic_news") < 40  # 5 topics
+    assert 40 <= model_set.majority_baseline("jaxmerge_word_sense_topic") <= 60  # yes / no
+
+
+def test_expert_quality_halfway_bar():
+    row = dict(role="expert", base="pretrained", category="topic", kind="held_in")
+    rows = [
+        {**row, "model": "e", "task": "jaxmerge_topic_news", "task_category": "topic",
+         "accuracy": 70.0, "majority": 40.0},
+        {**row, "model": "e", "task": "jaxmerge_topic_question", "task_category": "topic",
+         "accuracy": 69.0, "majority": 40.0},
+        {**row, "model": "e", "task": "jaxmerge_mc_pet", "task_category": "multiple_choice_qa",
+         "accuracy": 0.0, "majority": 30.0},
+    ]  # fmt: skip
+    (quality,) = model_set.expert_quality(rows)
+    assert quality["halfway"] == 70.0 and quality["accuracy"] == 69.5
+    assert [d["met"] for d in quality["datasets"]] == [True, False] and not quality["met"]
+
+
+def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
+    """Every run of one size (2 categories, a few steps) through the launcher, then scored.
+    Quality is not asserted here (benchmarks/model_set.py)."""
+    env = dict(
+        os.environ,
+        PYTHON=sys.executable,
+        PT_STEPS="3", IT_STEPS="2", FT_STEPS="2", MT_STEPS="2", WARMUP_STEPS="0",
+        CATEGORIES="topic sentiment", SCORE_MAX_EXAMPLES="4",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    )  # fmt: skip
+    cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
+    first = subprocess.run(
+        cmd, env=env, capture_output=True, text=True, timeout=600, stdin=subprocess.DEVNULL
+    )
+    assert first.returncode == 0, first.stderr[-3000:]
+    for m in model_set.models(tmp_path / "set", ["topic", "sentiment"]):
+        assert model_set.latest_checkpoint(m.directory) is not None, m.name
+    quality = json.loads((tmp_path / "set" / "quality.json").read_text())
+    models = {r["model"] for r in quality["rows"]}
+    assert len(models) == 8
+    tasks = {r["task"] for r in quality["rows"] if r["model"] == "base/pretrained"}
+    assert len(tasks) == 20  # 16 held-in, 4 held-out
+    assert quality["summary"]["experts_total"] == 4
+    assert all(r["tokens"] > 0 and r["seconds"] > 0 for r in quality["rows"])
+    assert "| expert/pretrained/topic |" in first.stdout
+
+
+def test_ladder_sizes_are_gin_files_spanning_10x():
+    import jax
+
+    from jaxmerge.cli import gin_flags
+    from jaxmerge.models import t5
+
+    def count(name):
+        gin_flags.parse([f"gin_configs/models/t5_{name}.gin"], [])
+        config = gin_flags.macro("MODEL")
+        abstract = jax.eval_shape(lambda: t5.init_params(config, jax.random.key(0)))
+        return sum(x.size for x in jax.tree.leaves(abstract))
+
+    counts = [count(s) for s in model_set.SIZES]
+    assert counts == sorted(counts) and counts[-1] >= 10 * counts[0]
