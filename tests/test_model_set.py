@@ -44,13 +44,13 @@ def test_expert_quality_halfway_bar():
 
 
 def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
-    """Every run of one size (2 categories, a few steps) through the launcher, then scored.
-    Quality is not asserted here (benchmarks/model_set.py)."""
+    """Every run of one size through the launcher (2 categories, their experts 2 at a
+    time, a few steps), then scored. Quality is not asserted here (benchmarks/)."""
     env = dict(
         os.environ,
         PYTHON=sys.executable,
         PT_STEPS="3", IT_STEPS="2", FT_STEPS="2", MT_STEPS="2", WARMUP_STEPS="0",
-        CATEGORIES="topic sentiment", SCORE_MAX_EXAMPLES="4",
+        CATEGORIES="topic sentiment", JOBS="2", SCORE_MAX_EXAMPLES="2",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     )  # fmt: skip
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
