@@ -7,8 +7,9 @@
 #
 # Re-running it resumes: a finished run says "nothing to do" and a killed one resumes
 # from its newest checkpoint. Budgets (steps) default per size, below; override with
-# PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs). CATEGORIES (space-separated) limits the
-# experts, SEED sets every run's RANDOM_SEED, SCORE=0 skips the scoring and
+# PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs).
+# CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
+# JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task).
 # Step counts are totals (T5X convention: fine-tuning continues the base's step);
 # DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
@@ -16,10 +17,9 @@ set -euo pipefail
 OUT=${1:?usage: $0 OUT [nano|micro|tiny|milli]}
 SIZE=${2:-nano}
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
-  nano | micro) budget=(2000 1000 500 2000) ;;
-  tiny) budget=(2000 1000 500 2000) ;;
+  nano | micro | tiny) budget=(2000 1000 1000 2000) ;;
   milli) budget=(1500 600 300 1200) ;;
-  *) budget=(2000 1000 500 2000) ;;
+  *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
 PT_STEPS=${PT_STEPS:-${budget[0]}} IT_STEPS=${IT_STEPS:-${budget[1]}}
 FT_STEPS=${FT_STEPS:-${budget[2]}} MT_STEPS=${MT_STEPS:-${budget[3]}}
@@ -33,41 +33,76 @@ train() {
 }
 finetune() { train --gin.LR_WARMUP_STEPS="$WARMUP_STEPS" "$@"; }
 
+# Runs go through a pool of JOBS at a time (default 1); with JOBS > 1 each logs to
+# OUT/logs/NAME.log. On this 2-core VM two nano runs side by side train 1.4-1.5x the
+# tokens/s of one. The pre-trained base comes first; then the instruction-tuned base trains
+# beside the pre-trained base's experts and multitask baseline, and its own runs follow it.
+JOBS=${JOBS:-1}
+pids=()
+declare -A name_of
+trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # a failed run stops the rest
+reap() {  # reap: wait until one pooled run ends; set -e ends the script if it failed
+  local i
+  while true; do
+    for i in "${!pids[@]}"; do
+      if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+        local pid=${pids[$i]}
+        unset "pids[$i]"
+        pids=("${pids[@]}")
+        wait "$pid" || {
+          echo "error: ${name_of[$pid]} failed (exit $?); its log: $OUT/logs/${name_of[$pid]}.log" >&2
+          exit 1
+        }
+        return
+      fi
+    done
+    sleep 1
+  done
+}
+run() {  # run NAME TRAIN_ARGS...: in the pool
+  local name=$1
+  shift
+  if [ "$JOBS" -le 1 ]; then
+    finetune "$@"
+    return
+  fi
+  while [ "${#pids[@]}" -ge "$JOBS" ]; do reap; done
+  mkdir -p "$OUT/logs"
+  echo "started $name (log: $OUT/logs/$name.log)"
+  finetune "$@" >"$OUT/logs/$name.log" 2>&1 &
+  pids+=($!)
+  name_of[$!]=$name
+}
+wait_for() {  # wait_for CHECKPOINT: until a pooled run has written it
+  while [ ! -d "$1" ]; do
+    [ "${#pids[@]}" -gt 0 ] || { echo "error: $1 was not written" >&2; exit 1; }
+    reap
+  done
+}
+base_runs() {  # base_runs NAME INITIAL_CHECKPOINT START_STEP: its experts and multitask baseline
+  local base=$1 init=$2 start=$3 c
+  for c in $CATEGORIES; do
+    run "expert_${base}_$c" --gin_file=gin_configs/runs/expert.gin \
+      --gin.MODEL_DIR="'$OUT/experts/$base/$c'" --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_$c'" \
+      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + FT_STEPS))" \
+      --gin.DECAY_STEPS="$FT_STEPS"
+  done
+  run "multitask_$base" --gin_file=gin_configs/runs/multitask.gin \
+    --gin.MODEL_DIR="'$OUT/multitask/$base'" --gin.INITIAL_CHECKPOINT_PATH="'$init'" \
+    --gin.TRAIN_STEPS="$((start + MT_STEPS))" --gin.DECAY_STEPS="$MT_STEPS"
+}
+
 train --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'$OUT/pretrained'" \
   --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS="$PT_STEPS"
 PT="$OUT/pretrained/checkpoint_$PT_STEPS"
-finetune --gin_file=gin_configs/runs/instruction_tune.gin --gin.MODEL_DIR="'$OUT/instruction_tuned'" \
-  --gin.INITIAL_CHECKPOINT_PATH="'$PT'" --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" \
-  --gin.DECAY_STEPS="$IT_STEPS"
 IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
-
-# Experts of one base run JOBS at a time (default 1), each logging to OUT/logs/: on this
-# 2-core VM two nano runs side by side train 1.4-1.5x the tokens/s of one.
-JOBS=${JOBS:-1}
-pids=()
-wait_oldest() { wait "${pids[0]}"; pids=("${pids[@]:1}"); }
-for base in pretrained instruction_tuned; do
-  init=$([ "$base" = pretrained ] && echo "$PT" || echo "$IT")
-  start=$([ "$base" = pretrained ] && echo "$PT_STEPS" || echo "$((PT_STEPS + IT_STEPS))")
-  for c in $CATEGORIES; do
-    args=(--gin_file=gin_configs/runs/expert.gin --gin.MODEL_DIR="'$OUT/experts/$base/$c'"
-      --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_$c'"
-      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + FT_STEPS))"
-      --gin.DECAY_STEPS="$FT_STEPS")
-    if [ "$JOBS" -gt 1 ]; then
-      mkdir -p "$OUT/logs"
-      finetune "${args[@]}" >"$OUT/logs/expert_${base}_$c.log" 2>&1 &
-      pids+=($!)
-      if [ "${#pids[@]}" -ge "$JOBS" ]; then wait_oldest; fi
-    else
-      finetune "${args[@]}"
-    fi
-  done
-  while [ "${#pids[@]}" -gt 0 ]; do wait_oldest; done
-  finetune --gin_file=gin_configs/runs/multitask.gin --gin.MODEL_DIR="'$OUT/multitask/$base'" \
-    --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + MT_STEPS))" \
-    --gin.DECAY_STEPS="$MT_STEPS"
-done
+run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
+  --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
+  --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
+base_runs pretrained "$PT" "$PT_STEPS"
+wait_for "$IT"
+base_runs instruction_tuned "$IT" "$((PT_STEPS + IT_STEPS))"
+while [ "${#pids[@]}" -gt 0 ]; do reap; done
 if [ "${SCORE:-1}" != 0 ]; then
   "$PYTHON" -m benchmarks.model_set "$OUT" --size "$SIZE" \
     ${SCORE_MAX_EXAMPLES:+--max_examples "$SCORE_MAX_EXAMPLES"}

@@ -73,6 +73,25 @@ def test_no_trivial_majority_answer(name):
     assert collections.Counter(answers).most_common(1)[0][1] <= 0.6 * len(answers)
 
 
+@pytest.mark.parametrize("name", ["paraphrase_synonym", "paraphrase_order"])
+def test_paraphrase_answer_is_not_given_by_one_word(name):
+    """Same meaning or not depends on both sentences: no word of s2, alone, tells the answer.
+
+    For every word in s2 of 50+ train examples, the share of "yes" among them stays within
+    0.25 of the overall share (an earlier paraphrase_synonym drew the synonym from the
+    pairs' second words and the other word from their first: "yes" for every "large").
+    """
+    exs = registry.examples(name, ALL[name], "train")
+    overall = sum(e["targets"] == "yes" for e in exs) / len(exs)
+    yes, seen = collections.Counter(), collections.Counter()
+    for e in exs:
+        for word in set(e["inputs"].split(" s2: ")[1].split()):
+            seen[word] += 1
+            yes[word] += e["targets"] == "yes"
+    for word in (w for w, n in seen.items() if n >= 50):
+        assert abs(yes[word] / seen[word] - overall) <= 0.25, (word, yes[word], seen[word])
+
+
 def test_held_out_rows_have_one_correct_choice():
     tasks.register()
     import seqio
