@@ -74,7 +74,7 @@ def learn(size: str, dataset: str, steps: int, model_dir: pathlib.Path, seed: in
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="nano", help="ladder size (gin_configs/models/t5_SIZE.gin)")
+    parser.add_argument("--size", default="nano", help="gin_configs/models/t5_SIZE.gin")
     parser.add_argument("--steps", type=int, default=800)
     parser.add_argument("--seed", type=int, default=0)
     datasets = [d for ds in held_in.CATEGORIES.values() for d in ds]
