@@ -17,7 +17,7 @@ set -euo pipefail
 OUT=${1:?usage: $0 OUT [nano|micro|tiny|milli]}
 SIZE=${2:-nano}
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
-  nano | micro | tiny) budget=(2000 1000 1000 2000) ;;
+  nano | micro | tiny) budget=(2000 3000 1000 2000) ;;
   milli) budget=(1500 600 300 1200) ;;
   *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
@@ -40,7 +40,14 @@ finetune() { train --gin.LR_WARMUP_STEPS="$WARMUP_STEPS" "$@"; }
 JOBS=${JOBS:-1}
 pids=()
 declare -A name_of
-trap 'kill "${pids[@]}" 2>/dev/null || true' EXIT  # a failed run stops the rest
+stop_pool() {  # each pooled run is a subshell running python: stop both
+  local pid
+  for pid in "${pids[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null || true
+    kill "$pid" 2>/dev/null || true
+  done
+}
+trap stop_pool EXIT  # a failed or killed launcher stops the rest
 reap() {  # reap: wait until one pooled run ends; set -e ends the script if it failed
   local i
   while true; do
