@@ -17,7 +17,7 @@ set -euo pipefail
 OUT=${1:?usage: $0 OUT [nano|micro|tiny|milli]}
 SIZE=${2:-nano}
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
-  nano | micro | tiny) budget=(2000 3000 1000 2000) ;;
+  nano | micro | tiny) budget=(2000 3000 1000 1000) ;;
   milli) budget=(1500 600 300 1200) ;;
   *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
