@@ -5,11 +5,11 @@
 
 Issue 13's check before any scaling: a held-in dataset the smallest size cannot learn is
 a dataset to redesign, not a threshold to lower. Each dataset trains its own model from
-random initialization with the expert recipe (gin_configs/runs/expert.gin: lr 0.08 after
-50 warm-up steps, decayed linearly to 0.008 over --steps; packed rows fitted to the
+random initialization with the expert recipe (gin_configs/runs/expert.gin: lr 0.02 after
+50 warm-up steps, decayed linearly to 0.002 over --steps; packed rows fitted to the
 dataset), then is scored on its validation split (greedy exact match, the Evaluator
 `jaxmerge eval` runs) beside the majority-answer baseline and the halfway bar
-(majority + (100 - majority) / 2). From scratch isolates the data from the base: an
+(`model_set.halfway_bar`). From scratch isolates the data from the base: an
 expert fine-tuned from a base that scores below this has a base (or budget) problem.
 
 Prints a Markdown table and writes OUT/learnability.json.
@@ -57,7 +57,7 @@ def learn(size: str, dataset: str, steps: int, model_dir: pathlib.Path, seed: in
     evaluator = Evaluator(config, [task], split="validation", task_feature_lengths=lengths)
     accuracy = evaluator.evaluate(params)[task]["accuracy"]
     majority = model_set.majority_baseline(task)
-    halfway = majority + (100 - majority) / 2
+    halfway = model_set.halfway_bar(majority)
     return {
         "dataset": dataset,
         "size": size,

@@ -146,6 +146,11 @@ def _mean(values) -> float:
     return sum(values) / len(values) if values else float("nan")
 
 
+def halfway_bar(majority: float) -> float:
+    """Issue 13's bar for an expert: halfway from the majority baseline to 100."""
+    return (majority + 100) / 2
+
+
 def expert_quality(rows: Sequence[dict]) -> list[dict]:
     """Each expert on its own category: mean accuracy, mean majority baseline, the halfway
     bar (majority + (100 - majority) / 2) and whether it is met, per dataset too."""
@@ -157,8 +162,8 @@ def expert_quality(rows: Sequence[dict]) -> list[dict]:
                 "task": r["task"],
                 "accuracy": r["accuracy"],
                 "majority": r["majority"],
-                "halfway": (r["majority"] + 100) / 2,
-                "met": r["accuracy"] >= (r["majority"] + 100) / 2,
+                "halfway": halfway_bar(r["majority"]),
+                "met": r["accuracy"] >= halfway_bar(r["majority"]),
             }
             for r in own
         ]
@@ -170,7 +175,7 @@ def expert_quality(rows: Sequence[dict]) -> list[dict]:
                 "category": category,
                 "accuracy": accuracy,
                 "majority": majority,
-                "halfway": (majority + 100) / 2,
+                "halfway": halfway_bar(majority),
                 "met": all(d["met"] for d in datasets),
                 "datasets": datasets,
             }

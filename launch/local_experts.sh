@@ -48,7 +48,7 @@ stop_pool() {  # each pooled run is a subshell running python: stop both
   done
 }
 trap stop_pool EXIT  # a failed or killed launcher stops the rest
-reap() {  # reap: wait until one pooled run ends; set -e ends the script if it failed
+reap() {  # reap: wait until one pooled run ends; if it failed, name its log and exit 1
   local i
   while true; do
     for i in "${!pids[@]}"; do

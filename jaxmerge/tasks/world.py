@@ -16,7 +16,8 @@ WORLD_SEED = 20240101
 NUM_PEOPLE = 200
 # Polar words per polarity. With 24 (and 24 neutral words of the same form) t5_nano stayed
 # at the majority baseline on the sentiment tasks (60% vs 55% after 800 steps from
-# scratch); with 8 it reaches 100% (benchmarks/model_set.py; docs/models_tasks_training.md).
+# scratch); with 8 it reaches 100% (benchmarks/dataset_learnability.py; the table in
+# docs/models_tasks_training.md).
 NUM_POLAR_WORDS = 8
 NUM_NEUTRAL_WORDS = 24
 
