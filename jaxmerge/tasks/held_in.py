@@ -21,20 +21,50 @@ def _people(rng: random.Random, k: int):
 
 
 # --- extractive QA: the answer is a span of the passage ---------------------------
+# Each passage states several facts of different kinds (a city, a job, a pet, a colour,
+# a code word) drawn at random, not from the world, so only reading finds them; the
+# question names the kind, as SQuAD's "where" and "what" do. An earlier version asked
+# which of three people moved to which of three cities, all of one kind: t5_nano and
+# t5_tiny picked one of the three cities (33% against a majority of 10%, from scratch).
+_KINDS = ("city", "job", "pet", "colour", "code")
+
+
+def _facts(rng: random.Random, k: int) -> dict[str, str]:
+    """k kinds of fact, each with a random value of its own kind."""
+    pools = {
+        "city": world().cities,
+        "job": JOBS,
+        "pet": PETS,
+        "colour": COLOURS,
+        "code": world().neutral,
+    }
+    return {kind: rng.choice(pools[kind]) for kind in rng.sample(_KINDS, k)}
+
+
 def extractive_kv(rng: random.Random) -> Example:
-    keys = rng.sample(["city", "job", "pet", "colour", "code", "boat", "tool"], 4)
-    vals = {k: rng.choice(world().neutral + world().cities) for k in keys}
-    passage = " ".join(f"{k}: {v}." for k, v in vals.items())
-    ask = rng.choice(keys)
-    return {"inputs": f"passage: {passage} question: what is the {ask}?", "targets": vals[ask]}
+    facts = _facts(rng, 4)
+    passage = " ".join(f"{k}: {v}." for k, v in facts.items())
+    ask = rng.choice(list(facts))
+    return {"inputs": f"passage: {passage} question: what is the {ask}?", "targets": facts[ask]}
+
+
+_STORY = {  # kind -> (what the story says, what the question asks); both name the kind
+    "city": ("{n} moved to the city of {v}", "What city did {n} move to?"),
+    "job": ("{n} got a job as a {v}", "What job did {n} get?"),
+    "pet": ("{n} bought a pet {v}", "What pet did {n} buy?"),
+    "colour": ("{n} painted the door the colour {v}", "What colour did {n} paint the door?"),
+    "code": ("{n} chose the code {v}", "What code did {n} choose?"),
+}
 
 
 def extractive_story(rng: random.Random) -> Example:
-    ps = _people(rng, 3)
-    cities = rng.sample(world().cities, 3)  # the story's facts, not the world's
-    story = " ".join(f"{p.name} moved to {c}." for p, c in zip(ps, cities, strict=True))
-    i = rng.randrange(3)
-    return {"inputs": f"{story} Where did {ps[i].name} move to?", "targets": cities[i]}
+    name = _people(rng, 1)[0].name
+    facts = _facts(rng, 3)
+    said = [_STORY[k][0].format(n=name, v=v) for k, v in facts.items()]
+    said[1:] = [s.removeprefix(f"{name} ") for s in said[1:]]
+    ask = rng.choice(list(facts))
+    story = f"{said[0]}, {said[1]} and {said[2]}."
+    return {"inputs": f"{story} {_STORY[ask][1].format(n=name)}", "targets": facts[ask]}
 
 
 # --- closed-book QA: facts stated only in the pretraining corpus ------------------
