@@ -12,6 +12,12 @@ dataset), then is scored on its validation split (greedy exact match, the Evalua
 (`model_set.halfway_bar`). From scratch isolates the data from the base: an
 expert fine-tuned from a base that scores below this has a base (or budget) problem.
 
+With --held_out it trains one model the same way on all held-in tasks (jaxmerge_held_in,
+a multitask model from scratch) and rank-classifies each held-out task beside its
+majority answer: the check that a held-out task can move at all at this size.
+
+    .venv/bin/python -m benchmarks.dataset_learnability --size nano --steps 2000 --held_out
+
 Prints a Markdown table and writes OUT/learnability.json.
 """
 
@@ -31,18 +37,25 @@ import gin  # noqa: E402
 from jaxmerge import model_set, tasks, training  # noqa: E402
 from jaxmerge.cli import gin_flags  # noqa: E402
 from jaxmerge.evaluation.evaluator import Evaluator  # noqa: E402
-from jaxmerge.tasks import held_in  # noqa: E402
+from jaxmerge.tasks import held_in, held_out  # noqa: E402
+from jaxmerge.tasks import lengths as lengths_lib  # noqa: E402
 
 
-def learn(size: str, dataset: str, steps: int, model_dir: pathlib.Path, seed: int) -> dict:
-    """Trains `size` from scratch on one held-in dataset; its validation accuracy."""
-    task = f"jaxmerge_{dataset}"
+def learn(
+    size: str,
+    train_task: str,
+    eval_tasks: list[str],
+    steps: int,
+    model_dir: pathlib.Path,
+    seed: int,
+) -> list[dict]:
+    """Trains `size` from scratch on `train_task`; one row per task of `eval_tasks`."""
     gin.clear_config()
     gin_flags.parse(
         [f"gin_configs/models/t5_{size}.gin", "gin_configs/runs/expert.gin"],
         [
             f"MODEL_DIR = '{model_dir}'",
-            f"MIXTURE_OR_TASK_NAME = '{task}'",
+            f"MIXTURE_OR_TASK_NAME = '{train_task}'",
             "INITIAL_CHECKPOINT_PATH = None",
             f"TRAIN_STEPS = {steps}",
             f"DECAY_STEPS = {steps}",
@@ -52,24 +65,34 @@ def learn(size: str, dataset: str, steps: int, model_dir: pathlib.Path, seed: in
     )
     start = time.perf_counter()
     metrics = gin.get_configurable(training.train)()
-    config, lengths = gin_flags.macro("MODEL"), gin_flags.macro("TASK_FEATURE_LENGTHS")
+    seconds = time.perf_counter() - start
+    config = gin_flags.macro("MODEL")
+    lengths = {"inputs": 1, "targets": 1}  # long enough for every evaluated task
+    for task in eval_tasks:
+        fitted = lengths_lib.fitted_feature_lengths(task)
+        lengths = {k: max(v, fitted[k]) for k, v in lengths.items()}
     params, _, _ = training.restore_checkpoint(model_dir / f"checkpoint_{steps}")
-    evaluator = Evaluator(config, [task], split="validation", task_feature_lengths=lengths)
-    accuracy = evaluator.evaluate(params)[task]["accuracy"]
-    majority = model_set.majority_baseline(task)
-    halfway = model_set.halfway_bar(majority)
-    return {
-        "dataset": dataset,
-        "size": size,
-        "steps": steps,
-        "seed": seed,
-        "accuracy": accuracy,
-        "majority": majority,
-        "halfway": halfway,
-        "met": accuracy >= halfway,
-        "final_loss": float(metrics["loss"]),
-        "seconds": time.perf_counter() - start,
-    }
+    evaluator = Evaluator(config, eval_tasks, split="validation", task_feature_lengths=lengths)
+    scores = evaluator.evaluate(params)
+    rows = []
+    for task in eval_tasks:
+        majority = model_set.majority_baseline(task)
+        halfway = model_set.halfway_bar(majority)
+        accuracy = scores[task]["accuracy"]
+        rows.append({
+            "dataset": task.removeprefix("jaxmerge_"),
+            "trained_on": train_task,
+            "size": size,
+            "steps": steps,
+            "seed": seed,
+            "accuracy": accuracy,
+            "majority": majority,
+            "halfway": halfway,
+            "met": accuracy >= halfway,
+            "final_loss": float(metrics["loss"]),
+            "seconds": seconds,
+        })  # fmt: skip
+    return rows
 
 
 def main() -> None:
@@ -79,21 +102,33 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     datasets = [d for ds in held_in.CATEGORIES.values() for d in ds]
     parser.add_argument("--datasets", nargs="+", default=datasets, choices=datasets)
+    parser.add_argument(
+        "--held_out",
+        action="store_true",
+        help="train once on all held-in tasks; score the held-out tasks (rank classification)",
+    )
     parser.add_argument("--out", default=None, help="where to write learnability.json")
     args = parser.parse_args()
     tasks.register()
+    if args.held_out:
+        eval_tasks = [f"jaxmerge_{d}" for ds in held_out.CATEGORIES.values() for d in ds]
+        runs = [("jaxmerge_held_in", eval_tasks)]
+    else:
+        runs = [(f"jaxmerge_{d}", [f"jaxmerge_{d}"]) for d in args.datasets]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for i, dataset in enumerate(args.datasets, 1):
-            print(f"[{i}/{len(args.datasets)}] {dataset}: {args.steps} steps", flush=True)
-            row = learn(args.size, dataset, args.steps, pathlib.Path(scratch, dataset), args.seed)
-            rows.append(row)
-            print(f"  {row['accuracy']:.0f} (majority {row['majority']:.0f})", flush=True)
+        for i, (train_task, eval_tasks) in enumerate(runs, 1):
+            print(f"[{i}/{len(runs)}] {train_task}: {args.steps} steps", flush=True)
+            model_dir = pathlib.Path(scratch, train_task)
+            for row in learn(args.size, train_task, eval_tasks, args.steps, model_dir, args.seed):
+                rows.append(row)
+                print(f"  {row['dataset']}: {row['accuracy']:.0f} (majority {row['majority']:.0f})")
     if args.out:
         out = pathlib.Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "learnability.json").write_text(json.dumps(rows, indent=1) + "\n")
-    print(f"\n{args.size}, {args.steps} steps from scratch (validation, exact match)\n")
+    metric = "rank classification" if args.held_out else "exact match"
+    print(f"\n{args.size}, {args.steps} steps from scratch (validation, {metric})\n")
     print("| dataset | accuracy | majority | halfway bar | met | s |\n|---|---|---|---|---|---|")
     for r in rows:
         print(

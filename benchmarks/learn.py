@@ -182,7 +182,7 @@ def search_path(experts: int, candidates: int) -> None:
     pool = Pool([f"e{i}" for i in range(experts)], None, trees, None, list(trees[0]))
     spec = coef_lib.CoefficientSpec(space="simplex")
     grouping = coef_lib.groups(spec, pool.names)
-    task = ["jaxmerge_coreference_city", "jaxmerge_word_sense_topic"]  # scores vary with r
+    task = ["jaxmerge_coreference_pronoun", "jaxmerge_word_sense_topic"]  # scores vary with r
     evaluator = Evaluator(config, task, batch_size=32, max_examples=64)
     fitness = search.merge_fitness(spec, grouping, pool, evaluator)
     spent = {"merging": 0.0, "evaluating": 0.0}

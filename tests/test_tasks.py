@@ -125,6 +125,24 @@ def test_held_out_rows_have_one_correct_choice():
     assert set(correct.values()) == {1}
 
 
+def test_held_out_is_never_trained_on():
+    """No held-out input is a held-in input, and every held-out task's correct choice
+    varies (the answer is not one string): held-out asks in held-in words, not held-in's
+    examples."""
+    held_in_inputs = {
+        e["inputs"]
+        for ds in held_in.CATEGORIES.values()
+        for d, g in ds.items()
+        for split in registry.SPLIT_SIZES
+        for e in registry.examples(d, g, split)
+    }
+    for ds in held_out.CATEGORIES.values():
+        for d, g in ds.items():
+            exs = registry.examples(d, g, "train")
+            assert not {e["inputs"] for e in exs} & held_in_inputs, d
+            assert len({e["choices"][e["label"]] for e in exs}) >= 2, d
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.integers(3, 258), min_size=4, max_size=300))
 def test_span_corruption_reconstructs_the_text(tokens):

@@ -29,26 +29,26 @@ def _people(rng: random.Random, k: int):
 _KINDS = ("city", "job", "pet", "colour", "code")
 
 
-def _facts(rng: random.Random, k: int) -> dict[str, str]:
+def fact_pools() -> dict[str, tuple[str, ...]]:
+    """kind -> the values a fact of that kind takes."""
+    w = world()
+    return {"city": w.cities, "job": JOBS, "pet": PETS, "colour": COLOURS, "code": w.neutral}
+
+
+def random_facts(rng: random.Random, k: int) -> dict[str, str]:
     """k kinds of fact, each with a random value of its own kind."""
-    pools = {
-        "city": world().cities,
-        "job": JOBS,
-        "pet": PETS,
-        "colour": COLOURS,
-        "code": world().neutral,
-    }
+    pools = fact_pools()
     return {kind: rng.choice(pools[kind]) for kind in rng.sample(_KINDS, k)}
 
 
 def extractive_kv(rng: random.Random) -> Example:
-    facts = _facts(rng, 4)
+    facts = random_facts(rng, 4)
     passage = " ".join(f"{k}: {v}." for k, v in facts.items())
     ask = rng.choice(list(facts))
     return {"inputs": f"passage: {passage} question: what is the {ask}?", "targets": facts[ask]}
 
 
-_STORY = {  # kind -> (what the story says, what the question asks); both name the kind
+STORY = {  # kind -> (what the story says, what the question asks); both name the kind
     "city": ("{n} moved to the city of {v}", "What city did {n} move to?"),
     "job": ("{n} got a job as a {v}", "What job did {n} get?"),
     "pet": ("{n} bought a pet {v}", "What pet did {n} buy?"),
@@ -59,12 +59,12 @@ _STORY = {  # kind -> (what the story says, what the question asks); both name t
 
 def extractive_story(rng: random.Random) -> Example:
     name = _people(rng, 1)[0].name
-    facts = _facts(rng, 3)
-    said = [_STORY[k][0].format(n=name, v=v) for k, v in facts.items()]
+    facts = random_facts(rng, 3)
+    said = [STORY[k][0].format(n=name, v=v) for k, v in facts.items()]
     said[1:] = [s.removeprefix(f"{name} ") for s in said[1:]]
     ask = rng.choice(list(facts))
     story = f"{said[0]}, {said[1]} and {said[2]}."
-    return {"inputs": f"{story} {_STORY[ask][1].format(n=name)}", "targets": facts[ask]}
+    return {"inputs": f"{story} {STORY[ask][1].format(n=name)}", "targets": facts[ask]}
 
 
 # --- closed-book QA: facts stated only in the pretraining corpus ------------------

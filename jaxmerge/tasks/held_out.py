@@ -10,27 +10,41 @@ Each generator maps a `random.Random` to {"inputs", "choices", "label"}.
 
 import random
 
+from jaxmerge.tasks import held_in
 from jaxmerge.tasks.world import JOBS, TOPICS, world
 
 Example = dict
 
 
+# Each task asks in the words of one held-in dataset about the content of another (or of
+# the same category in a new form), so its answer words are ones held-in training makes
+# depend on the input. At t5_nano, rank classification otherwise follows the answer
+# strings' prior: a model trained on all held-in tasks from scratch (2000 steps) scored
+# at or below the majority answer on every earlier form (docs/models_tasks_training.md,
+# "Held-out tasks that can move").
+
+
 def completion_mood(rng: random.Random) -> Example:
-    """Sentence completion = sentiment lexicon + story-style generation."""
+    """Sentence completion = sentiment of a review (sentiment_review) + the feeling
+    words of messages (sentiment_message): "So the reviewer was" [happy, sad]."""
     w = world()
-    p = rng.choice(w.people)
     good = rng.random() < 0.5
-    word = rng.choice(w.positive if good else w.negative)
-    choices = ["smiled all day.", "cried all day."]
+    words = rng.sample(w.positive if good else w.negative, 3)
+    thing = rng.choice(["road", "meal", "film", "room", "trip", "song"])
     return {
-        "inputs": f"The trip of {p.name} was {word}, so {p.name}",
-        "choices": choices,
+        "inputs": f"review: the {thing} was {', '.join(words)}. Happy or sad? So the reviewer was",
+        "choices": ["happy", "sad"],
         "label": 0 if good else 1,
     }
 
 
 def nli_facts(rng: random.Random) -> Example:
-    """NLI = extractive QA over a stated premise + paraphrase identification."""
+    """NLI = extractive QA over a stated premise + paraphrase identification.
+
+    Still at chance at t5_nano (37 against a majority of 42), as were nine two-choice
+    forms in the paraphrase tasks' own words: nano does not learn paraphrase either
+    (its experts stay under the bar), and NLI stands on it.
+    """
     p = rng.choice(world().people)
     city, job = rng.choice(world().cities), rng.choice(JOBS)
     premise = f"{p.name} lives in {city} and works as a {job}."
@@ -48,38 +62,46 @@ def nli_facts(rng: random.Random) -> Example:
     }
 
 
-def coreference_city(rng: random.Random) -> Example:
-    """Coreference = extractive QA (who is where) + structure of a referring phrase."""
-    a, b = rng.sample(world().people, 2)
-    ca, cb = rng.sample(world().cities, 2)
+def coreference_pronoun(rng: random.Random) -> Example:
+    """Coreference = a pronoun ("they") that refers back to the story's person + the
+    stories of extractive_story: the question names the person, the story says "they".
+
+    Two-person forms (which person moved to a city, who has a pet) stayed at chance.
+    """
+    name = rng.choice(world().people).name
+    facts = held_in.random_facts(rng, 2)
+    (kind1, value1), (kind2, value2) = facts.items()
+    other = rng.choice([v for v in held_in.fact_pools()[kind2] if v != value2])
     first = rng.random() < 0.5
-    target_city = ca if first else cb
+    said1 = held_in.STORY[kind1][0].format(n=name, v=value1)
+    said2 = held_in.STORY[kind2][0].format(n="they", v=value2)
     return {
-        "inputs": f"{a.name} moved to {ca}. {b.name} moved to {cb}. "
-        f"The one who moved to {target_city} is",
-        "choices": [a.name, b.name],
+        "inputs": f"{said1}. Then {said2}. {held_in.STORY[kind2][1].format(n=name)}",
+        "choices": [value2, other] if first else [other, value2],
         "label": 0 if first else 1,
     }
 
 
 def word_sense_topic(rng: random.Random) -> Example:
-    """Word sense = topic classification of each context + paraphrase (same or not)."""
+    """Word sense = topic classification (topic_news, topic_question) of the words around
+    a word with no sense of its own; the choices are two topics, one the context's."""
     word = rng.choice(world().neutral)
-    t1 = rng.choice(sorted(TOPICS))
-    same = rng.random() < 0.5
-    t2 = t1 if same else rng.choice([t for t in sorted(TOPICS) if t != t1])
-    s1 = f"the {word} near the {' and '.join(rng.sample(TOPICS[t1], 2))}"
-    s2 = f"the {word} near the {' and '.join(rng.sample(TOPICS[t2], 2))}"
+    topics = sorted(TOPICS)
+    topic = rng.choice(topics)
+    other = rng.choice([t for t in topics if t != topic])
+    a, b = rng.sample(TOPICS[topic], 2)
+    first = rng.random() < 0.5
     return {
-        "inputs": f"s1: {s1}. s2: {s2}. Is '{word}' used in the same sense in s1 and s2?",
-        "choices": ["yes", "no"],
-        "label": 0 if same else 1,
+        "inputs": f"news: {word}. Which forum should this question go to: what does "
+        f"'{word}' mean near the {a} and the {b}?",
+        "choices": [topic, other] if first else [other, topic],
+        "label": 0 if first else 1,
     }
 
 
 CATEGORIES = {
     "sentence_completion": {"completion_mood": completion_mood},
     "nli": {"nli_facts": nli_facts},
-    "coreference": {"coreference_city": coreference_city},
+    "coreference": {"coreference_pronoun": coreference_pronoun},
     "word_sense": {"word_sense_topic": word_sense_topic},
 }
