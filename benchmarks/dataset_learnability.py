@@ -37,19 +37,19 @@ import gin  # noqa: E402
 from jaxmerge import model_set, tasks, training  # noqa: E402
 from jaxmerge.cli import gin_flags  # noqa: E402
 from jaxmerge.evaluation.evaluator import Evaluator  # noqa: E402
-from jaxmerge.tasks import held_in, held_out  # noqa: E402
+from jaxmerge.tasks import held_in  # noqa: E402
 from jaxmerge.tasks import lengths as lengths_lib  # noqa: E402
 
 
 def learn(
     size: str,
     train_task: str,
-    eval_tasks: list[str],
+    eval_mixture: str,
     steps: int,
     model_dir: pathlib.Path,
     seed: int,
 ) -> list[dict]:
-    """Trains `size` from scratch on `train_task`; one row per task of `eval_tasks`."""
+    """Trains `size` from scratch on `train_task`; one row per task of `eval_mixture`."""
     gin.clear_config()
     gin_flags.parse(
         [f"gin_configs/models/t5_{size}.gin", "gin_configs/runs/expert.gin"],
@@ -67,10 +67,8 @@ def learn(
     metrics = gin.get_configurable(training.train)()
     seconds = time.perf_counter() - start
     config = gin_flags.macro("MODEL")
-    lengths = {"inputs": 1, "targets": 1}  # long enough for every evaluated task
-    for task in eval_tasks:
-        fitted = lengths_lib.fitted_feature_lengths(task)
-        lengths = {k: max(v, fitted[k]) for k, v in lengths.items()}
+    lengths = lengths_lib.fitted_feature_lengths(eval_mixture)  # every example untruncated
+    eval_tasks = lengths_lib.task_names(eval_mixture)
     params, _, _ = training.restore_checkpoint(model_dir / f"checkpoint_{steps}")
     evaluator = Evaluator(config, eval_tasks, split="validation", task_feature_lengths=lengths)
     scores = evaluator.evaluate(params)
@@ -110,17 +108,16 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="where to write learnability.json")
     args = parser.parse_args()
     tasks.register()
-    if args.held_out:
-        eval_tasks = [f"jaxmerge_{d}" for ds in held_out.CATEGORIES.values() for d in ds]
-        runs = [("jaxmerge_held_in", eval_tasks)]
+    if args.held_out:  # (train on, score on)
+        runs = [("jaxmerge_held_in", "jaxmerge_held_out")]
     else:
-        runs = [(f"jaxmerge_{d}", [f"jaxmerge_{d}"]) for d in args.datasets]
+        runs = [(f"jaxmerge_{d}", f"jaxmerge_{d}") for d in args.datasets]
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for i, (train_task, eval_tasks) in enumerate(runs, 1):
+        for i, (train_task, eval_mixture) in enumerate(runs, 1):
             print(f"[{i}/{len(runs)}] {train_task}: {args.steps} steps", flush=True)
             model_dir = pathlib.Path(scratch, train_task)
-            for row in learn(args.size, train_task, eval_tasks, args.steps, model_dir, args.seed):
+            for row in learn(args.size, train_task, eval_mixture, args.steps, model_dir, args.seed):
                 rows.append(row)
                 print(f"  {row['dataset']}: {row['accuracy']:.0f} (majority {row['majority']:.0f})")
     if args.out:
