@@ -10,7 +10,8 @@
 # PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs).
 # CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
-# SCORE_MAX_EXAMPLES limits it (rows per task).
+# SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
+# bases alone (the spread over seeds: SEED=1 BASES_ONLY=1 launch/local_experts.sh OUT).
 # Step counts are totals (T5X convention: fine-tuning continues the base's step);
 # DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
 set -euo pipefail
@@ -106,9 +107,9 @@ IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
 run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
   --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
   --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
-base_runs pretrained "$PT" "$PT_STEPS"
+if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs pretrained "$PT" "$PT_STEPS"; fi
 wait_for "$IT"
-base_runs instruction_tuned "$IT" "$((PT_STEPS + IT_STEPS))"
+if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs instruction_tuned "$IT" "$((PT_STEPS + IT_STEPS))"; fi
 while [ "${#pids[@]}" -gt 0 ]; do reap; done
 if [ "${SCORE:-1}" != 0 ]; then
   "$PYTHON" -m benchmarks.model_set "$OUT" --size "$SIZE" \

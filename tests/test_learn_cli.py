@@ -65,6 +65,27 @@ def test_learn_writes_the_merge_it_scored(tmp_path, pool, search):
     assert main(argv) == 2  # a finished run is not redone without --overwrite
 
 
+def test_ties_preprocessing_writes_the_merge_it_scored(tmp_path, pool):
+    """AdaMerging++: coefficients over TIES's τ̃ᵢ; the merge on disk is read from the
+    preprocessed checkpoints it wrote, and scores what the learning scored."""
+    out = tmp_path / "ties"
+    argv = ["learn", "--base", pool["base"], "--experts", pool["e1"], pool["e2"]]
+    argv += ["--output", str(out), "--preprocess", "ties", "--density", "0.5", *SMALL]
+    argv += ["--steps", "2", "--eval_period", "2"]
+    assert main(argv) == 0
+    summary = json.loads((out / "coefficients.json").read_text())
+    assert summary["fitness"] == _merged_fitness(summary)
+    assert len(summary["merged_from"]) == 2
+    assert all(p.startswith(str(out / "preprocessed")) for p in summary["merged_from"])
+    e1, _, _ = training.restore_checkpoint(pool["e1"])
+    kept, _, _ = training.restore_checkpoint(summary["merged_from"][0])
+    base, _, _ = training.restore_checkpoint(pool["base"])
+    changed = [
+        (params.flatten(kept)[n] != params.flatten(base)[n]).mean() for n in params.flatten(e1)
+    ]
+    assert 0.0 < float(sum(changed) / len(changed)) <= 0.5  # trimmed to half, or fewer
+
+
 def test_simplex_with_one_checkpoint_gives_weight_one(tmp_path, pool):
     out = tmp_path / "one"
     argv = ["learn", "--experts", pool["e1"], "--space", "simplex", "--output", str(out)]
@@ -103,4 +124,6 @@ def test_bad_input_exits_2_with_one_line(tmp_path, pool):
     other = str(training.save_checkpoint(tmp_path / "other", 4, wide, tx.init(wide)))
     line = _error(*common, "--experts", pool["e1"], other, *SMALL)
     assert f"{other}: parameter" in line and "has shape" in line
+    line = _error(*common, "--experts", pool["e1"], *SMALL, "--preprocess", "trim")
+    assert "--preprocess='trim': choose from none, ties, dare" in line
     assert not (tmp_path / "bad" / "coefficients.json").exists()

@@ -11,8 +11,11 @@ from jaxmerge.errors import InputError
 from jaxmerge.learning import coefficients as coef_lib
 from jaxmerge.learning import gradient
 from jaxmerge.learning.coefficients import CoefficientSpec
-from jaxmerge.learning.pool import Pool, load_pool
+from jaxmerge.learning.pool import Pool, load_pool, preprocess
 from jaxmerge.merging import MergeConfig, merge_checkpoints
+from jaxmerge.methods import tree
+from jaxmerge.methods.dare import dare_linear
+from jaxmerge.methods.ties import ties
 from jaxmerge.models import params, t5
 from tests.tiny_t5 import TINY, fine_tune_like
 
@@ -182,3 +185,40 @@ def test_the_merge_engine_writes_the_bytes_the_learning_scored(tmp_path, granula
     with checkpoints.open(out) as reader:
         for name, array in in_memory.items():
             np.testing.assert_array_equal(reader.read_numpy(name), np.asarray(array), err_msg=name)
+
+
+def test_ties_preprocessing_sums_to_the_ties_merge(pool):
+    """AdaMerging++'s τ̃ᵢ: their sum over the agreeing count is TIES's τₘ, tensor by tensor,
+    with the global (whole-model) trim the pool uses."""
+    processed = preprocess(pool, "ties", density=0.3)
+    thresholds = tree.global_thresholds(pool.checkpoints, pool.base, 0.3)
+    for name in pool.names:
+        experts = [c[name] for c in pool.checkpoints]
+        vectors = [c[name] - pool.base[name] for c in processed.checkpoints]
+        count = sum((v != 0).astype(jnp.float32) for v in vectors)
+        merged = pool.base[name] + sum(vectors) / jnp.maximum(count, 1.0)
+        expected = ties(experts, base=pool.base[name], density=0.3, lam=1.0, thresholds=thresholds)
+        np.testing.assert_allclose(merged, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+        kept = sum(int((v != 0).sum()) for v in vectors)
+        assert kept <= 2 * 0.3 * experts[0].size + 2  # trimmed, then some disagree
+
+
+def test_dare_preprocessing_is_the_dare_linear_merge(pool):
+    processed = preprocess(pool, "dare", drop_rate=0.5, seed=3)
+    for name in pool.names:
+        experts = [c[name] for c in pool.checkpoints]
+        key = tree.parameter_key(3, name)
+        summed = pool.base[name] + sum(c[name] - pool.base[name] for c in processed.checkpoints)
+        weights = jnp.ones(2)
+        expected = dare_linear(
+            experts, base=pool.base[name], key=key, drop_rate=0.5, weights=weights
+        )
+        np.testing.assert_allclose(summed, expected, rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_preprocessing_errors(pool):
+    with pytest.raises(InputError, match="--preprocess='trim': choose from none, ties, dare"):
+        preprocess(pool, "trim")
+    with pytest.raises(InputError, match="--preprocess=ties: needs a base"):
+        preprocess(Pool(pool.paths, None, pool.checkpoints, None, pool.names), "ties")
+    assert preprocess(pool, "none") is pool

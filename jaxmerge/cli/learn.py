@@ -7,6 +7,11 @@
         [--simplex_map softmax|projection] [--init 0.3] [--clamp 0 1] [--steps 100] \\
         [--learning_rate 1e-3] [--eval_period 20] [--patience N] [--generations 20] \\
         [--popsize N] [--sigma 0.2] [--task_weight TASK=W ...] [--reference TASK=SCORE ...]
+        [--preprocess none|ties|dare] [--density 0.2] [--drop_rate 0.9]
+
+--preprocess ties learns the coefficients over TIES's trimmed, sign-elected task vectors
+(AdaMerging++), dare over DARE's dropped and rescaled ones; the merge is then written
+from those checkpoints (OUT/preprocessed/), so its bytes are the merge that was scored.
 
 Gin (`gin_configs/runs/learn.gin`) binds `learn_script.LearnConfig.*`, any optax
 optimizer included (`learn_script.LearnConfig.optimizer = @optax.sgd`); flags win.
@@ -37,6 +42,9 @@ RUN_FLAGS = {
     "batch_size": int,
     "max_examples": int,
     "seed": int,
+    "preprocess": str,
+    "density": float,
+    "drop_rate": float,
 }
 
 

@@ -62,3 +62,47 @@ def load_pool(base_path: str | None, paths: Sequence[str], mesh: Mesh) -> Pool:
                     f"{tuple(reference[name].shape)} in {ref_path}"
                 )
     return Pool(list(paths), base_path, checkpoints, base, list(reference))
+
+
+PREPROCESSINGS = ("none", "ties", "dare")
+
+
+def preprocess(
+    pool: Pool, method: str, *, density: float = 0.2, drop_rate: float = 0.9, seed: int = 0
+) -> Pool:
+    """The pool with each checkpoint replaced by θ₀ + τ̃ᵢ, its task vector preprocessed
+    by the merge methods' own code before coefficients are learned (AdaMerging++):
+
+        ties   τ̃ᵢ = TIES's trimmed, sign-elected τᵢ (`ties_task_vectors`, global trim:
+               each expert's top `density` of |τᵢ| over the whole model)
+        dare   τ̃ᵢ = DARE's dropped and rescaled τᵢ (`dare_task_vectors`, the key of each
+               parameter from (seed, name) as the merge engine derives it)
+
+    so that θ₀ + Σᵢ cᵢ τ̃ᵢ is the task-vector merge learned over them. `paths` keep the
+    original checkpoints'; a caller that writes the merge writes these checkpoints first.
+    """
+    from jaxmerge.methods import tree
+    from jaxmerge.methods.dare import dare_task_vectors
+    from jaxmerge.methods.ties import ties_task_vectors
+
+    if method not in PREPROCESSINGS:
+        raise InputError(f"--preprocess={method!r}: choose from {', '.join(PREPROCESSINGS)}")
+    if method == "none":
+        return pool
+    if pool.base is None:
+        raise InputError(f"--preprocess={method}: needs a base (task vectors are θᵢ − θ₀)")
+    thresholds = None
+    if method == "ties":
+        thresholds = tree.global_thresholds(pool.checkpoints, pool.base, density)
+    processed = [{} for _ in pool.checkpoints]
+    for name in pool.names:
+        experts = [c[name] for c in pool.checkpoints]
+        base = pool.base[name]
+        if method == "ties":
+            vectors = ties_task_vectors(experts, base=base, density=density, thresholds=thresholds)
+        else:
+            key = tree.parameter_key(seed, name)
+            vectors = dare_task_vectors(experts, base=base, key=key, drop_rate=drop_rate)
+        for out, vector in zip(processed, vectors, strict=True):
+            out[name] = (base.astype(vector.dtype) + vector).astype(base.dtype)
+    return dataclasses.replace(pool, checkpoints=processed)

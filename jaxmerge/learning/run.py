@@ -59,6 +59,9 @@ class LearnConfig:
         default_factory=lambda: {"inputs": 256, "targets": 64}
     )
     seed: int = 0
+    preprocess: str = "none"  # none | ties | dare: task vectors preprocessed (AdaMerging++)
+    density: float = 0.2  # ties preprocessing: the kept fraction of each |τᵢ|
+    drop_rate: float = 0.9  # dare preprocessing: the dropped fraction
     overwrite: bool = False
 
 
@@ -73,6 +76,17 @@ def _check(config: LearnConfig) -> None:
     config.coefficients.check()
     if config.coefficients.space == "task_vector" and not config.base:
         raise InputError("--base: the task_vector space needs a base (τᵢ = θᵢ − θ₀)")
+    from jaxmerge.learning.pool import PREPROCESSINGS
+
+    if config.preprocess not in PREPROCESSINGS:
+        choices = ", ".join(PREPROCESSINGS)
+        raise InputError(f"--preprocess={config.preprocess!r}: choose from {choices}")
+    if config.preprocess != "none" and not config.base:
+        raise InputError(f"--preprocess={config.preprocess}: needs --base (τᵢ = θᵢ − θ₀)")
+    if not 0.0 < config.density <= 1.0:
+        raise InputError(f"--density={config.density}: must be in (0, 1]")
+    if not 0.0 <= config.drop_rate < 1.0:
+        raise InputError(f"--drop_rate={config.drop_rate}: must be in [0, 1)")
     for name in ("steps", "generations", "batch_size", "eval_period"):
         if getattr(config, name) < 1:
             raise InputError(f"--{name}={getattr(config, name)}: must be at least 1")
@@ -107,7 +121,7 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     from jaxmerge.evaluation import run as eval_run
     from jaxmerge.evaluation.evaluator import Evaluator
     from jaxmerge.learning import gradient, search
-    from jaxmerge.learning.pool import load_pool
+    from jaxmerge.learning.pool import load_pool, preprocess
     from jaxmerge.merging import MergeConfig, merge_checkpoints
 
     start = time.perf_counter()
@@ -129,7 +143,17 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
         max_examples=config.max_examples,
     )
     base_path = config.base if spec.space == "task_vector" else None
-    pool = load_pool(base_path, list(config.experts), evaluator.mesh)
+    pool_base = config.base if config.preprocess != "none" else base_path
+    pool = load_pool(pool_base, list(config.experts), evaluator.mesh)
+    pool = preprocess(
+        pool,
+        config.preprocess,
+        density=config.density,
+        drop_rate=config.drop_rate,
+        seed=config.seed,
+    )
+    if base_path is None:  # simplex: Σᵢ wᵢ (θ₀ + τ̃ᵢ), the base is inside each checkpoint
+        pool = dataclasses.replace(pool, base=None)
     grouping = coef_lib.groups(spec, pool.names)
     raw0 = coef_lib.initial_raw(spec, len(grouping.names), len(pool.checkpoints))
     fitness = search.merge_fitness(
@@ -211,11 +235,14 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     coefs = np.asarray(coef_lib.coefficients(spec, best_raw))
     best_fitness = fitness(best_raw)  # the merge written below, scored once more
     merged_dir = output / "merged"
+    merged_from = tuple(config.experts)
+    if config.preprocess != "none":  # the merge reads what was scored: θ₀ + τ̃ᵢ
+        merged_from = _write_pool(pool, output / "preprocessed")
     merge_checkpoints(
         MergeConfig(
             method=coef_lib.METHOD_OF_SPACE[spec.space],
             base=base_path,
-            experts=tuple(config.experts),
+            experts=merged_from,
             output=str(merged_dir),
             weight_rules=coef_lib.weight_rules(spec, coefs, grouping),
             overwrite=True,
@@ -226,6 +253,7 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     summary = {
         "coefficients": {g: coefs[i].tolist() for i, g in enumerate(grouping.names)},
         "checkpoints": list(config.experts),
+        "merged_from": list(merged_from),
         "base": base_path,
         "fitness": best_fitness,
         "history": history,
@@ -243,6 +271,20 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     tmp.replace(summary_file)  # last: a run without it is unfinished and resumes
     shutil.rmtree(state_dir, ignore_errors=True)
     return summary
+
+
+def _write_pool(pool, directory: pathlib.Path) -> tuple[str, ...]:
+    """Writes the pool's checkpoints as T5X directories DIR/checkpoint_i/checkpoint_0."""
+    from jaxmerge import checkpoints
+
+    paths = []
+    for i, tree in enumerate(pool.checkpoints):
+        infos = {n: checkpoints.ParamInfo(a.shape, a.dtype) for n, a in tree.items()}
+        writer = checkpoints.create(directory / f"checkpoint_{i}", "t5x", infos, overwrite=True)
+        for name in pool.names:
+            writer.write(name, np.asarray(tree[name]))
+        paths.append(str(writer.finalize()))
+    return tuple(paths)
 
 
 def _resume_only_this_run(state_dir: pathlib.Path, config: LearnConfig) -> None:

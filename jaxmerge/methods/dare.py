@@ -33,6 +33,21 @@ def dare_drop(task_vector: jax.Array, key: jax.Array, drop_rate) -> jax.Array:
     return jnp.where(keep, task_vector / (1.0 - drop_rate), 0.0)
 
 
+def dare_task_vectors(
+    experts: Sequence[jax.Array], *, base: jax.Array, key: jax.Array, drop_rate=0.9
+) -> list[jax.Array]:
+    """DARE's dropped and rescaled task vectors of one tensor, τ̂ᵢ = mᵢ ⊙ τᵢ / (1 − p),
+    expert i's mask from fold_in(key, i) (as `dare_linear`, which sums them)."""
+    check_tensors("dare_task_vectors", experts, base, needs_base=True)
+    check_drop_rate("dare_task_vectors", drop_rate)
+    check_key("dare_task_vectors", key)
+    b = as_float32(base)
+    return [
+        dare_drop(as_float32(e) - b, jax.random.fold_in(key, i), drop_rate)
+        for i, e in enumerate(experts)
+    ]
+
+
 def dare_linear(
     experts: Sequence[jax.Array],
     *,

@@ -48,6 +48,28 @@ def disjoint_mean(task_vectors: Sequence[jax.Array], sign: jax.Array) -> jax.Arr
     return total / jnp.maximum(count, 1.0)
 
 
+def ties_task_vectors(
+    experts: Sequence[jax.Array], *, base: jax.Array, density=0.2, thresholds=None
+) -> list[jax.Array]:
+    """TIES's trim and elect without the mean, one tensor: the task vectors AdaMerging++
+    (Yang et al. 2024, arXiv:2310.02575, §3.3) learns coefficients over,
+
+        τ̃ᵢ = [τ̂ᵢ agrees with γ] τ̂ᵢ,  τ̂ᵢ = τᵢ · [|τᵢ| ≥ tᵢ],  γ = sign(Σᵢ τ̂ᵢ)
+
+    so that Σᵢ τ̃ᵢ / max(1, #agreeing) is TIES's τₘ. `thresholds` as in `ties`.
+    """
+    check_tensors("ties_task_vectors", experts, base, needs_base=True)
+    check_range("ties_task_vectors", "density", density, 0.0, 1.0)
+    b = as_float32(base)
+    task_vectors = [as_float32(e) - b for e in experts]
+    if thresholds is None:
+        k = select.count_for_fraction(density, b.size)
+        thresholds = [select.kth_largest_magnitude(t, k) for t in task_vectors]
+    trimmed = [trim(t, thresholds[i]) for i, t in enumerate(task_vectors)]
+    sign = elect_sign(trimmed)
+    return [jnp.where(t * sign > 0, t, 0.0) for t in trimmed]
+
+
 def ties(
     experts: Sequence[jax.Array],
     *,
