@@ -12,6 +12,10 @@
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
 # bases alone (the spread over seeds: SEED=1 BASES_ONLY=1 launch/local_experts.sh OUT).
+# GENERALISTS="c1 c2 ..." also trains, from the pre-trained base, one generalist per
+# category named: all held-in tasks with that category's TILT_RATE times as often
+# (jaxmerge_held_in_tilted_<c>), GEN_STEPS steps each (default half of MT_STEPS), into
+# OUT/generalists/pretrained/<c>: the Recycle scenario's pool (benchmarks/recycle.py).
 # Step counts are totals (T5X convention: fine-tuning continues the base's step);
 # DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
 set -euo pipefail
@@ -25,7 +29,7 @@ esac
 PT_STEPS=${PT_STEPS:-${budget[0]}} IT_STEPS=${IT_STEPS:-${budget[1]}}
 FT_STEPS=${FT_STEPS:-${budget[2]}} MT_STEPS=${MT_STEPS:-${budget[3]}}
 CATEGORIES=${CATEGORIES:-"extractive_qa closed_book_qa sentiment topic structure_to_text summarization paraphrase multiple_choice_qa"}
-SEED=${SEED:-0} WARMUP_STEPS=${WARMUP_STEPS:-50}
+SEED=${SEED:-0} WARMUP_STEPS=${WARMUP_STEPS:-50} GEN_STEPS=${GEN_STEPS:-$((MT_STEPS / 2))}
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 train() {
@@ -108,6 +112,13 @@ run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
   --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
   --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
 if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs pretrained "$PT" "$PT_STEPS"; fi
+for c in ${GENERALISTS:-}; do
+  run "generalist_pretrained_$c" --gin_file=gin_configs/runs/multitask.gin \
+    --gin.MODEL_DIR="'$OUT/generalists/pretrained/$c'" \
+    --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_tilted_$c'" \
+    --gin.INITIAL_CHECKPOINT_PATH="'$PT'" --gin.TRAIN_STEPS="$((PT_STEPS + GEN_STEPS))" \
+    --gin.DECAY_STEPS="$GEN_STEPS"
+done
 wait_for "$IT"
 if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs instruction_tuned "$IT" "$((PT_STEPS + IT_STEPS))"; fi
 while [ "${#pids[@]}" -gt 0 ]; do reap; done

@@ -51,6 +51,7 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
         PYTHON=sys.executable,
         PT_STEPS="3", IT_STEPS="2", FT_STEPS="2", MT_STEPS="2", WARMUP_STEPS="0",
         CATEGORIES="topic sentiment", JOBS="2", SCORE_MAX_EXAMPLES="2",
+        GENERALISTS="topic sentiment", GEN_STEPS="2",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     )  # fmt: skip
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
@@ -68,6 +69,21 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
     assert quality["summary"]["experts_total"] == 4
     assert all(r["tokens"] > 0 and r["seconds"] > 0 for r in quality["rows"])
     assert "| expert/pretrained/topic |" in first.stdout
+    for c in ["topic", "sentiment"]:  # the Recycle pool, tilted towards c
+        assert model_set.latest_checkpoint(tmp_path / "set" / "generalists/pretrained" / c)
+
+    recycle = subprocess.run(
+        [sys.executable, "-m", "benchmarks.recycle", str(tmp_path / "set"), "--objective",
+         "topic_news", "sentiment_message", "--max_examples", "2", "--generations", "1",
+         "--popsize", "2"],
+        env=env, capture_output=True, text=True, timeout=600, cwd=ROOT,
+    )  # fmt: skip
+    assert recycle.returncode == 0, recycle.stderr[-3000:]
+    record = json.loads((tmp_path / "set/recycle/topic_news+sentiment_message.json").read_text())
+    merges = [r["merge"] for r in record["rows"]]
+    assert merges[:2] == ["input sentiment", "input topic"]
+    assert merges[2:] == ["uniform", "greedy", "optimized"]
+    assert "bar met" in recycle.stdout or "bar not met" in recycle.stdout
 
 
 def test_ladder_sizes_are_gin_files_spanning_10x():

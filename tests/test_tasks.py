@@ -37,6 +37,11 @@ def test_mixtures_registered():
     for category in held_in.CATEGORIES:
         mixture = seqio.get_mixture_or_task(f"jaxmerge_held_in_{category}")
         assert len(mixture.tasks) == 2
+        tilted = seqio.get_mixture_or_task(f"jaxmerge_held_in_tilted_{category}")
+        assert len(tilted.tasks) == 16
+        mine = {t.name for t in mixture.tasks}
+        for t in tilted.tasks:  # the category's datasets TILT_RATE times as often
+            assert tilted.get_rate(t) == (registry.TILT_RATE if t.name in mine else 1.0)
     for d in ALL:
         assert f"jaxmerge_{d}" in seqio.TaskRegistry.names()
 

@@ -12,6 +12,9 @@ Registered names (call `register()` once; it is idempotent):
                                     instruction: jaxmerge_instr_<name>)
   jaxmerge_pretrain_corpus          span-corruption Task on the pretraining text
   jaxmerge_held_in_<category>       the 2 datasets of one held-in category (an expert)
+  jaxmerge_held_in_tilted_<category>  all held-in datasets, <category>'s at TILT_RATE x
+                                    the rest's (the Recycle paper's generalists, which
+                                    trade tasks off against each other)
   jaxmerge_instructions_<family>    one family of instruction tasks (instructions.FAMILIES)
   jaxmerge_pretrain, jaxmerge_instructions, jaxmerge_held_in, jaxmerge_held_out
 """
@@ -30,6 +33,7 @@ PRETRAIN_SIZE = 20000
 SPLIT_OF_BUCKET = {0: "test", 1: "validation"}  # crc32(inputs) % 10; the rest is train
 NUM_SENTINELS = 100
 NOISE_DENSITY, MEAN_NOISE_SPAN = 0.15, 3.0
+TILT_RATE = 5.0
 
 
 def _crc(text: str) -> int:
@@ -188,10 +192,11 @@ def register() -> None:
         seqio.TaskRegistry.add(name, source=source, output_features=feats, **kw)
         return name
 
-    def add_mixture(name, tasks):
+    def add_mixture(name, tasks, rates=None):
         if name in seqio.MixtureRegistry.names():
             seqio.MixtureRegistry.remove(name)
-        seqio.MixtureRegistry.add(name, [(t, 1.0) for t in tasks])
+        rates = rates or {}
+        seqio.MixtureRegistry.add(name, [(t, rates.get(t, 1.0)) for t in tasks])
 
     splits = list(SPLIT_SIZES)
     all_held_in = []
@@ -208,6 +213,9 @@ def register() -> None:
         add_mixture(f"jaxmerge_held_in_{category}", names)
         all_held_in += names
     add_mixture("jaxmerge_held_in", all_held_in)
+    for category, datasets in held_in.CATEGORIES.items():
+        tilted = {f"jaxmerge_{d}": TILT_RATE for d in datasets}
+        add_mixture(f"jaxmerge_held_in_tilted_{category}", all_held_in, tilted)
 
     held_out_names = [
         add(
