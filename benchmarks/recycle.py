@@ -99,22 +99,19 @@ def main(argv=None) -> None:
     def uniform(trees):
         return merge_trees("average", trees) if len(trees) > 1 else trees[0]
 
-    report(
-        "uniform",
-        uniform(pool.checkpoints),
-        f"1/{len(paths)}",
-        on_validation(uniform(pool.checkpoints)),
-    )
+    everything = uniform(pool.checkpoints)
+    report("uniform", everything, f"1/{len(paths)}", on_validation(everything))
 
     order = sorted(own, key=own.get, reverse=True)
     index = {name: i for i, name in enumerate(paths)}
     chosen, best = [order[0]], own[order[0]]
+    greedy = pool.checkpoints[index[order[0]]]
     for name in order[1:]:
-        score = on_validation(uniform([pool.checkpoints[index[n]] for n in chosen + [name]]))
+        candidate = uniform([pool.checkpoints[index[n]] for n in chosen + [name]])
+        score = on_validation(candidate)
         if score <= best:
             break
-        chosen, best = chosen + [name], score
-    greedy = uniform([pool.checkpoints[index[n]] for n in chosen])
+        chosen, best, greedy = chosen + [name], score, candidate
     report("greedy", greedy, " + ".join(chosen), best)
     print(f"fixed merges scored ({time.perf_counter() - start:.0f} s)")
 

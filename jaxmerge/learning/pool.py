@@ -67,6 +67,16 @@ def load_pool(base_path: str | None, paths: Sequence[str], mesh: Mesh) -> Pool:
 PREPROCESSINGS = ("none", "ties", "dare")
 
 
+def check_preprocess(method: str, density: float, drop_rate: float) -> None:
+    """InputError naming the flag when a preprocessing or its hyperparameter is invalid."""
+    if method not in PREPROCESSINGS:
+        raise InputError(f"--preprocess={method!r}: choose from {', '.join(PREPROCESSINGS)}")
+    if not 0.0 < density <= 1.0:
+        raise InputError(f"--density={density}: must be in (0, 1]")
+    if not 0.0 <= drop_rate < 1.0:
+        raise InputError(f"--drop_rate={drop_rate}: must be in [0, 1)")
+
+
 def preprocess(
     pool: Pool, method: str, *, density: float = 0.2, drop_rate: float = 0.9, seed: int = 0
 ) -> Pool:
@@ -85,8 +95,7 @@ def preprocess(
     from jaxmerge.methods.dare import dare_task_vectors
     from jaxmerge.methods.ties import ties_task_vectors
 
-    if method not in PREPROCESSINGS:
-        raise InputError(f"--preprocess={method!r}: choose from {', '.join(PREPROCESSINGS)}")
+    check_preprocess(method, density, drop_rate)
     if method == "none":
         return pool
     if pool.base is None:

@@ -76,17 +76,11 @@ def _check(config: LearnConfig) -> None:
     config.coefficients.check()
     if config.coefficients.space == "task_vector" and not config.base:
         raise InputError("--base: the task_vector space needs a base (τᵢ = θᵢ − θ₀)")
-    from jaxmerge.learning.pool import PREPROCESSINGS
+    from jaxmerge.learning.pool import check_preprocess
 
-    if config.preprocess not in PREPROCESSINGS:
-        choices = ", ".join(PREPROCESSINGS)
-        raise InputError(f"--preprocess={config.preprocess!r}: choose from {choices}")
+    check_preprocess(config.preprocess, config.density, config.drop_rate)  # before loading
     if config.preprocess != "none" and not config.base:
         raise InputError(f"--preprocess={config.preprocess}: needs --base (τᵢ = θᵢ − θ₀)")
-    if not 0.0 < config.density <= 1.0:
-        raise InputError(f"--density={config.density}: must be in (0, 1]")
-    if not 0.0 <= config.drop_rate < 1.0:
-        raise InputError(f"--drop_rate={config.drop_rate}: must be in [0, 1)")
     for name in ("steps", "generations", "batch_size", "eval_period"):
         if getattr(config, name) < 1:
             raise InputError(f"--{name}={getattr(config, name)}: must be at least 1")
