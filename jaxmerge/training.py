@@ -6,8 +6,9 @@ import this module as `train_script` (`from jaxmerge import training as train_sc
 An optax loop (Adafactor by default, Shazeer & Stern 2018, arXiv:1804.04235, with
 T5X's settings) over seqio's `EncDecFeatureConverter` (packed examples),
 data-parallel over a mesh of every device: parameters are replicated, the batch
-is split along the mesh's "data" axis, each process feeds its own shard of the
-data (`seqio.ShardInfo`), so the same code runs on one CPU and on a pod.
+is split along the mesh's "data" axis, and each process feeds its own rows of each
+global batch, so the same code runs on one CPU and on a pod, and gives the same
+training (up to the order of the gradient all-reduce) on 1 process or N.
 
 Writes MODEL_DIR/checkpoint_<step>/ (T5X's format, through `jaxmerge.checkpoints`,
 plus the optax state for resuming) every `save_period` steps and at the end,
@@ -144,6 +145,7 @@ def save_checkpoint(model_dir, step: int, params, opt_state) -> pathlib.Path:
     import flax.serialization
 
     from jaxmerge import checkpoints
+    from jaxmerge.checkpoints.staging import barrier, is_primary
 
     model_dir = pathlib.Path(model_dir).absolute()
     flat = param_utils.flatten(params)
@@ -152,13 +154,16 @@ def save_checkpoint(model_dir, step: int, params, opt_state) -> pathlib.Path:
     writer = checkpoints.create(staging, "t5x", infos, step=step, overwrite=True)
     for name, array in flat.items():
         writer.write(name, array)
-    written = writer.finalize({OPTIMIZER_STATE_FILE: flax.serialization.to_bytes(opt_state)})
-    (staging / OPTIMIZER_STATE_FILE).rename(written / OPTIMIZER_STATE_FILE)
+    opt_bytes = flax.serialization.to_bytes(opt_state)  # every process: a collective fetch
+    written = writer.finalize({OPTIMIZER_STATE_FILE: opt_bytes})
     final = model_dir / f"checkpoint_{step}"
-    if final.exists():
-        shutil.rmtree(final)
-    written.rename(final)
-    shutil.rmtree(staging)
+    if is_primary():  # several processes: one renames, the others wait
+        (staging / OPTIMIZER_STATE_FILE).rename(written / OPTIMIZER_STATE_FILE)
+        if final.exists():
+            shutil.rmtree(final)
+        written.rename(final)
+        shutil.rmtree(staging)
+    barrier(f"saved:{final}")
     return final
 
 
@@ -246,12 +251,23 @@ def make_train_step(config: t5.T5Config, optimizer: optax.GradientTransformation
 
 def make_dataset(cfg: DatasetConfig, seed: int):
     """An endless iterator of this process's share of each global batch (numpy dicts)."""
+    return map(process_rows, global_batches(cfg, seed))
+
+
+def global_batches(cfg: DatasetConfig, seed: int):
+    """An endless iterator of whole global batches (numpy dicts of `batch_size` rows).
+
+    Every process reads the same global stream and keeps its rows (`process_rows`), so the
+    global batches, and so the run, do not depend on how many processes there are
+    (seqio.ShardInfo, T5X's way, gives each process other examples, and other batches for
+    every N). The price is that each process reads and packs all of the data: nothing next
+    to a step for the generated tasks, worth revisiting for a large corpus on many hosts.
+    """
     import seqio
 
     from jaxmerge import tasks
 
     tasks.register()
-    n = jax.process_count()
     if cfg.batch_size % jax.device_count():
         raise InputError(
             f"DatasetConfig.batch_size={cfg.batch_size}: must be a multiple of the "
@@ -265,13 +281,24 @@ def make_dataset(cfg: DatasetConfig, seed: int):
             dataset_split=cfg.split,
             shuffle=cfg.shuffle,
             num_epochs=None,
-            shard_info=seqio.ShardInfo(jax.process_index(), n) if n > 1 else None,
             seed=seed,
             verbose=False,
         )
     except ValueError as e:
         raise InputError(f"MIXTURE_OR_TASK_NAME={cfg.mixture_or_task_name!r}: {e}") from e
-    return ds.batch(cfg.batch_size // n, drop_remainder=True).as_numpy_iterator()
+    return ds.batch(cfg.batch_size, drop_remainder=True).as_numpy_iterator()
+
+
+def process_rows(batch: dict) -> dict:
+    """Rows [i·B/N, (i+1)·B/N) of a global batch of B rows: process i of N's share."""
+    rows = len(next(iter(batch.values()))) // jax.process_count()
+    first = jax.process_index() * rows
+    return {k: v[first : first + rows] for k, v in batch.items()}
+
+
+def real_tokens(batch: dict) -> int:
+    """Tokens that are not padding: encoder inputs plus decoder targets with a loss weight."""
+    return int(np.sum(batch["encoder_input_tokens"] > 0) + np.sum(batch["decoder_loss_weights"]))
 
 
 # --- the loop ------------------------------------------------------------------------
@@ -308,8 +335,10 @@ def train(
     init = jax.jit(init_state, out_shardings=replicated)
     abstract_params, abstract_opt = jax.eval_shape(init_state)
 
-    for stale in model_dir.glob(".checkpoint_*.staging*"):  # from a run killed mid-save
-        shutil.rmtree(stale, ignore_errors=True)
+    if jax.process_index() == 0:
+        for stale in model_dir.glob(".checkpoint_*.staging*"):  # from a run killed mid-save
+            shutil.rmtree(stale, ignore_errors=True)
+    _barrier(f"cleaned:{model_dir}")
     if (last := latest_checkpoint(model_dir)) is not None:
         params, step, opt_state = restore_checkpoint(last, replicated, abstract_opt)
         _check_params(params, abstract_params, last)
@@ -328,28 +357,27 @@ def train(
     devices = jax.device_count()
     print(f"model: {n_params:,} parameters; {devices} devices; step {step} -> {total_steps}")
     train_step = make_train_step(model, tx, z_loss)
-    batches = make_dataset(train_dataset_cfg, seed=train_dataset_cfg.seed + step)
+    batches = global_batches(train_dataset_cfg, seed=train_dataset_cfg.seed + step)
     writer = summaries.scalar_writer(model_dir / "train")
     rng, metrics = jax.random.key(random_seed + 1), {}
     tokens, t0, first = 0, time.perf_counter(), step
     totals = _read_train_stats(model_dir, step)
     totals_t0 = time.perf_counter()
     while step < total_steps:
-        local = next(batches)
+        whole = next(batches)
+        local = process_rows(whole)
         batch = {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
         params, opt_state, loss = train_step(params, opt_state, batch, rng, step)
         step += 1
-        new_tokens = int(
-            np.sum(local["encoder_input_tokens"] > 0) + np.sum(local["decoder_loss_weights"])
-        )
+        new_tokens = real_tokens(whole)
         tokens += new_tokens
-        totals["tokens"] += jax.process_count() * new_tokens
+        totals["tokens"] += new_tokens
         if step % log_period == 0 or step == total_steps:
             loss = float(loss)  # waits for the step
             elapsed = time.perf_counter() - t0
             metrics = {
                 "loss": loss,
-                "tokens_per_s": jax.process_count() * tokens / elapsed,
+                "tokens_per_s": tokens / elapsed,
                 "learning_rate": float(learning_rate_fn(_schedule_count(opt_state, step) - 1)),
             }
             print(
@@ -366,6 +394,12 @@ def train(
     if step == first:
         print(f"nothing to do: already at step {step} >= TRAIN_STEPS={total_steps}")
     return metrics
+
+
+def _barrier(tag: str) -> None:
+    from jaxmerge.checkpoints.staging import barrier
+
+    barrier(tag)
 
 
 TRAIN_STATS_FILE = "train_stats.json"

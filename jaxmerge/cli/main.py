@@ -12,6 +12,7 @@ import pathlib
 import platform
 import sys
 
+from jaxmerge import distributed
 from jaxmerge.cli import quiet
 from jaxmerge.cli.gin_flags import expand_gin_flags
 from jaxmerge.errors import InputError
@@ -42,6 +43,24 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("info", "debug"),
         default=os.environ.get("JAXMERGE_VERBOSITY", "info"),  # read early by _verbosity
         help="debug: also the libraries' start-up logs (TensorFlow, XLA, absl, gin)",
+    )
+    multi = parser.add_argument_group(
+        "several processes (jax.distributed; default: the JAXMERGE_* environment, see "
+        "jaxmerge/distributed.py and launch/README.md)"
+    )
+    multi.add_argument("--coordinator_address", help="HOST:PORT of process 0's coordinator")
+    multi.add_argument("--num_processes", type=int, help="processes in the run")
+    multi.add_argument("--process_id", type=int, help="this process's index, 0 ... N-1")
+    multi.add_argument(
+        "--distributed",
+        choices=("auto", "off"),
+        help="auto: JAX's cluster detection (TPU pods, SLURM, GKE); off: one process",
+    )
+    multi.add_argument(
+        "--heartbeat_timeout",
+        type=int,
+        default=None,
+        help="seconds before a silent peer process counts as dead (default 60)",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, (module_name, help_text) in COMMANDS.items():
@@ -133,6 +152,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
     try:
+        join_processes(args)
         return int(module.run(args) or 0)
     except InputError as e:
         print(f"jaxmerge {args.command}: error: {e}", file=sys.stderr)
@@ -140,6 +160,33 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"jaxmerge {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not distributed.is_peer_failure(e):
+            raise
+        # Not a bug here: another process of the run died. One line, then exit at once:
+        # a normal exit would wait in JAX's shutdown barrier for the dead peer.
+        where = distributed.describe()
+        first = distributed.peer_failure_reason(e)
+        print(
+            f"jaxmerge {args.command}: error: {where}: another process of the run stopped "
+            f"({first}); see the other processes' logs",
+            file=sys.stderr,
+            flush=True,
+        )
+        sys.stdout.flush()
+        os._exit(1)
+
+
+def join_processes(args: argparse.Namespace) -> None:
+    """jax.distributed.initialize when the flags or the environment name several processes."""
+    settings = distributed.resolve(
+        args.coordinator_address, args.num_processes, args.process_id, args.distributed
+    )
+    if not settings.multi_process:
+        return
+    timeout = args.heartbeat_timeout or distributed.DEFAULT_HEARTBEAT_TIMEOUT_S
+    distributed.initialize(settings, heartbeat_timeout_s=timeout)
+    print(f"jaxmerge {args.command}: {distributed.describe()}", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,184 @@
+"""launch/local.sh: N processes of one command joined by jax.distributed on loopback.
+
+Two processes with 4 CPU devices each (gloo collectives) must give what one process with
+8 devices gives: the same bytes for a merge, the same parameters (up to the order of the
+gradient all-reduce) and the same loss and token counts for training. A killed process
+ends the run with a non-zero status within a bound, never a hang.
+"""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from jaxmerge import training
+from jaxmerge.models import params as param_utils
+from tests.test_merge import make_models, read_all, write_all
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+LOCAL = str(REPO / "launch" / "local.sh")
+JAXMERGE = [sys.executable, "-m", "jaxmerge"]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(REPO), JAXMERGE_COMPILATION_CACHE="off")
+    env.pop("XLA_FLAGS", None)  # each run sets its own device count
+    return {**env, **extra}
+
+
+def _local(n: int, *command, timeout: float = 240, **env) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", LOCAL, str(n), *map(str, command)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(**env),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def _one_process(*command, timeout: float = 240) -> subprocess.CompletedProcess:
+    """The same command as one process with 8 CPU devices."""
+    env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    return subprocess.run(
+        [*JAXMERGE, *map(str, command)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_dry_run_prints_each_process_command():
+    out = _local(2, "jaxmerge", "eval", "--tasks", "a b", DRY_RUN="1", PORT="4321")
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines == [
+        "env JAX_PLATFORMS=cpu XLA_FLAGS=--xla_force_host_platform_device_count=4 "
+        "JAXMERGE_COORDINATOR_ADDRESS=127.0.0.1:4321 JAXMERGE_NUM_PROCESSES=2 "
+        f"JAXMERGE_PROCESS_ID={i} jaxmerge eval --tasks a\\ b"
+        for i in (0, 1)
+    ]
+
+
+@pytest.mark.parametrize(
+    "n, env, message",
+    [("0", {}, "N='0' is not a positive integer"), ("3", {}, "DEVICES=8 is not a multiple")],
+)
+def test_bad_process_counts_exit_2(n, env, message):
+    out = _local(n, "true", **env)
+    assert out.returncode == 2
+    assert message in out.stderr
+
+
+def test_first_failure_stops_the_others_and_is_returned():
+    script = 'if [ "$JAXMERGE_PROCESS_ID" = 1 ]; then exit 7; fi; exec sleep 60'
+    start = time.monotonic()
+    out = _local(2, "bash", "-c", script)
+    assert out.returncode == 7
+    assert time.monotonic() - start < 30  # process 0 was stopped, not waited for
+    assert "process 1 of 2" in out.stderr and "exited with status 7" in out.stderr
+
+
+TRAIN = [
+    "train",
+    "--gin_file=gin_configs/models/t5_tiny.gin",
+    "--gin_file=gin_configs/runs/pretrain.gin",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
+    "--gin.BATCH_SIZE=8",
+    "--gin.MIXTURE_OR_TASK_NAME='jaxmerge_pretrain'",
+]
+
+
+def test_two_processes_train_as_one(tmp_path):
+    two = _local(2, *JAXMERGE, *TRAIN, "--gin.TRAIN_STEPS=2", f"--gin.MODEL_DIR='{tmp_path}/two'")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _one_process(*TRAIN, "--gin.TRAIN_STEPS=2", f"--gin.MODEL_DIR='{tmp_path}/one'")
+    assert one.returncode == 0, one.stderr[-3000:]
+
+    def loss(stdout):
+        return [line.split(",")[0] for line in stdout.splitlines() if line.startswith("step 2:")]
+
+    assert loss(two.stdout) == loss(one.stdout) != []
+    stats = [json.loads((tmp_path / r / "train_stats.json").read_text()) for r in ("one", "two")]
+    assert stats[0]["tokens"] == stats[1]["tokens"]
+    want, step, _ = training.restore_checkpoint(tmp_path / "one" / "checkpoint_2")
+    got, got_step, _ = training.restore_checkpoint(tmp_path / "two" / "checkpoint_2")
+    assert step == got_step == 2
+    want, got = param_utils.flatten(want), param_utils.flatten(got)
+    assert want.keys() == got.keys()
+    for name in want:
+        np.testing.assert_allclose(np.asarray(got[name]), np.asarray(want[name]), atol=1e-6)
+    assert not list((tmp_path / "two").glob(".checkpoint_*"))
+
+
+@pytest.mark.parametrize("fmt", ["safetensors", "t5x"])
+def test_two_processes_merge_the_same_bytes_as_one(tmp_path, fmt):
+    base, experts = make_models(count=2)
+    base_path, expert_paths = write_all(tmp_path, fmt, base, experts)
+    merge = ["merge", "--method", "ties", "--base", base_path, "--experts", *expert_paths]
+    two = _local(2, *JAXMERGE, *merge, "--output", tmp_path / "two", "--quiet")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _one_process(*merge, "--output", tmp_path / "one", "--quiet")
+    assert one.returncode == 0, one.stderr[-3000:]
+    got, want = (
+        read_all(_only_checkpoint(tmp_path / "two")),
+        read_all(_only_checkpoint(tmp_path / "one")),
+    )
+    assert got.keys() == want.keys()
+    for name in want:
+        assert got[name].tobytes() == want[name].tobytes(), name
+
+
+def _only_checkpoint(out: pathlib.Path) -> pathlib.Path:
+    steps = sorted(out.glob("checkpoint_*"))
+    return steps[0] if steps else out
+
+
+def test_a_killed_process_ends_the_run_within_the_bound(tmp_path):
+    """No launcher to stop the others: JAX's runtime and the CLI must end process 0."""
+    from tests.multiprocess import free_port
+
+    port, workers = free_port(), []
+    for pid in (0, 1):
+        env = _env(
+            JAX_PLATFORMS="cpu",
+            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            JAXMERGE_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            JAXMERGE_NUM_PROCESSES="2",
+            JAXMERGE_PROCESS_ID=str(pid),
+        )
+        command = [*JAXMERGE, "--heartbeat_timeout", "10", *TRAIN, "--gin.TRAIN_STEPS=100000"]
+        workers.append(
+            subprocess.Popen(
+                [*command, f"--gin.MODEL_DIR='{tmp_path}/run'"],
+                stdout=subprocess.PIPE if pid else subprocess.DEVNULL,
+                stderr=subprocess.PIPE if pid == 0 else subprocess.STDOUT,
+                text=True,
+                env=env,
+                stdin=subprocess.DEVNULL,
+            )
+        )
+    try:
+        for line in workers[1].stdout:  # until process 1 trains
+            if line.startswith("model:"):
+                break
+        time.sleep(3)
+        workers[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        _, stderr = workers[0].communicate(timeout=90)
+        bound = time.monotonic() - killed
+    finally:
+        for w in workers:
+            w.kill()
+            w.wait()
+    assert workers[0].returncode != 0
+    assert bound < 60, bound  # heartbeat 10 s; exits at once when a collective fails
+    assert "another process of the run stopped" in stderr or "heartbeat" in stderr, stderr[-2000:]
