@@ -182,3 +182,21 @@ def test_a_killed_process_ends_the_run_within_the_bound(tmp_path):
     assert workers[0].returncode != 0
     assert bound < 60, bound  # heartbeat 10 s; exits at once when a collective fails
     assert "another process of the run stopped" in stderr or "heartbeat" in stderr, stderr[-2000:]
+
+
+def test_two_processes_evaluate_as_one(tmp_path):
+    from tests.test_eval import SMALL, TASKS, _checkpoint
+
+    base, expert, merged = (_checkpoint(tmp_path / n, s) for s, n in enumerate("bem"))
+    evaluate = ["eval", "--checkpoint", merged, "--tasks", *TASKS, "--base", base]
+    evaluate += ["--expert", f"sentiment={expert}", *SMALL, "--no_cache", "--quiet"]
+    two = _local(2, *JAXMERGE, *evaluate, "--output", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _one_process(*evaluate, "--output", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    got, want = (json.loads((tmp_path / r / "metrics.json").read_text()) for r in ("two", "one"))
+    assert [m["metrics"] for m in got["models"]] == [m["metrics"] for m in want["models"]]
+    assert got["normalized"] == want["normalized"]
+    assert (tmp_path / "two" / "metrics.csv").read_text() == (
+        tmp_path / "one" / "metrics.csv"
+    ).read_text()

@@ -16,7 +16,10 @@ up to the targets length), score metrics get Σ log p(targets | inputs) per exam
 so each `evaluate` reuses them and the jitted functions compile once per input
 signature (batch shape, parameter shapes/dtypes/shardings), never again for a new tree.
 
-Single process: outputs are gathered with `np.asarray`.
+Several processes (`jax.distributed`): every process builds the same data, the mesh
+spans every process's devices, each batch is split over all of them, and the outputs come
+back replicated, so every process computes the same metrics (only process 0 should write
+them: `jaxmerge.evaluation.run` does so).
 """
 
 import dataclasses
@@ -113,8 +116,8 @@ def _check_split(name: str, split: str) -> None:
 
 
 def default_mesh() -> Mesh:
-    """A 1-D mesh over all local devices, axis "data"."""
-    return Mesh(np.array(jax.local_devices()), ("data",))
+    """A 1-D mesh over all devices (every process's), axis "data"."""
+    return Mesh(np.array(jax.devices()), ("data",))
 
 
 class Evaluator:
@@ -128,7 +131,7 @@ class Evaluator:
       task_feature_lengths: {"inputs": in_len, "targets": out_len}, default 256 / 64;
         longer examples are truncated; out_len is also the maximum decode length.
       batch_size: rows per model call; a multiple of the mesh's "data" size.
-      mesh: batches are sharded over its "data" axis; default: all local devices.
+      mesh: batches are sharded over its "data" axis; default: all devices.
       max_examples: at most this many rows from the start of each task (seqio's
         `num_examples`; for rank classification a row is one (question, choice), so the
         last question may keep only some of its choices).
@@ -185,8 +188,9 @@ class Evaluator:
         self.num_data_builds = 0
         self._build_data(names, max_examples, log_dir)
         self._num_traces = 0
-        self._predict = jax.jit(self._predict_tokens)
-        self._score = jax.jit(self._score_rows)
+        # Outputs replicated: np.asarray reads them on every process (a small all-gather).
+        self._predict = jax.jit(self._predict_tokens, out_shardings=self._replicated)
+        self._score = jax.jit(self._score_rows, out_shardings=self._replicated)
         self.last_timing: Timing | None = None
         self._progress: Callable[[int], None] | None = None
 
