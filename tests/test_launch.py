@@ -200,3 +200,36 @@ def test_two_processes_evaluate_as_one(tmp_path):
     assert (tmp_path / "two" / "metrics.csv").read_text() == (
         tmp_path / "one" / "metrics.csv"
     ).read_text()
+
+
+@pytest.mark.parametrize("search", ["gradient", pytest.param("cmaes", marks=pytest.mark.slow)])
+def test_two_processes_learn_as_one(tmp_path, search):
+    import jax
+
+    from jaxmerge.models import t5
+    from tests.test_learn_cli import SMALL
+    from tests.tiny_t5 import TINY, fine_tune_like
+
+    tx = training.adafactor(training.constant(0.01))
+    base = param_utils.unbox(t5.init_params(TINY, jax.random.key(0)))
+    paths = []
+    for i, name in enumerate(["base", "e1", "e2"]):
+        tree = fine_tune_like(base, i)
+        paths.append(training.save_checkpoint(tmp_path / name, 4, tree, tx.init(tree)))
+    learn = ["learn", "--base", paths[0], "--experts", *paths[1:], "--search", search, *SMALL]
+    learn += ["--steps", "2", "--eval_period", "2"] if search == "gradient" else []
+    learn += ["--generations", "2", "--popsize", "4"] if search == "cmaes" else []
+    two = _local(2, *JAXMERGE, *learn, "--output", tmp_path / "two")
+    assert two.returncode == 0, two.stderr[-3000:]
+    one = _one_process(*learn, "--output", tmp_path / "one")
+    assert one.returncode == 0, one.stderr[-3000:]
+    got, want = (
+        json.loads((tmp_path / r / "coefficients.json").read_text()) for r in ("two", "one")
+    )
+    assert got["fitness"] == want["fitness"]
+    np.testing.assert_allclose(got["coefficients"]["all"], want["coefficients"]["all"], atol=1e-6)
+    merged = [read_all(tmp_path / r / "merged" / "checkpoint_4") for r in ("two", "one")]
+    for name in merged[1]:
+        np.testing.assert_allclose(
+            merged[0][name].astype(np.float32), merged[1][name].astype(np.float32), atol=1e-6
+        )

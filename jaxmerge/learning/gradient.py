@@ -149,7 +149,7 @@ def fit(
         return patience is not None and state["stale"] >= patience
 
     def save() -> None:
-        if state_dir is not None:
+        if state_dir is not None and jax.process_index() == 0:
             _save(state_dir, {**state, "raw": raw, "opt_state": opt_state,
                               "step_of_blob": state["step"]})  # fmt: skip
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
+from jaxmerge.checkpoints.staging import barrier, is_primary
 from jaxmerge.errors import InputError
 from jaxmerge.learning import coefficients as coef_lib
 from jaxmerge.learning.coefficients import CoefficientSpec
@@ -185,7 +186,8 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
                 seed=config.seed,
                 pack=False,
             )
-            return training.make_dataset(dataset, seed=config.seed + from_step)
+            # Whole batches on every process: the same input everywhere (replicated).
+            return training.global_batches(dataset, seed=config.seed + from_step)
 
         result = gradient.fit(
             step,
@@ -260,10 +262,12 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
         "wall_seconds": round(time.perf_counter() - start, 2),
         "config": _json_config(config),
     }
-    tmp = summary_file.with_name(".coefficients.json.tmp")
-    tmp.write_text(json.dumps(summary, indent=1))
-    tmp.replace(summary_file)  # last: a run without it is unfinished and resumes
-    shutil.rmtree(state_dir, ignore_errors=True)
+    if is_primary():  # several processes found the same coefficients
+        tmp = summary_file.with_name(".coefficients.json.tmp")
+        tmp.write_text(json.dumps(summary, indent=1))
+        tmp.replace(summary_file)  # last: a run without it is unfinished and resumes
+        shutil.rmtree(state_dir, ignore_errors=True)
+    barrier(f"learned:{output}")
     return summary
 
 
@@ -285,10 +289,12 @@ def _resume_only_this_run(state_dir: pathlib.Path, config: LearnConfig) -> None:
     """Keeps a killed run's state for a resume only if it is this very run's."""
     mine = json.dumps(_json_config(dataclasses.replace(config, overwrite=False)), sort_keys=True)
     record = state_dir / "run.json"
-    if state_dir.exists() and (not record.exists() or record.read_text() != mine):
-        shutil.rmtree(state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(mine)
+    if is_primary():
+        if state_dir.exists() and (not record.exists() or record.read_text() != mine):
+            shutil.rmtree(state_dir)
+        state_dir.mkdir(parents=True, exist_ok=True)
+        record.write_text(mine)
+    barrier(f"state:{state_dir}")
 
 
 def _json_config(config: LearnConfig) -> dict:

@@ -86,6 +86,8 @@ def _load_state(state_path: pathlib.Path, setup: dict) -> dict:
 
 
 def _save_state(state_path: pathlib.Path, state: dict) -> None:
+    if jax.process_index() != 0:  # every process holds the same search; one writes it
+        return
     tmp = state_path.with_name(state_path.name + ".tmp")
     with tmp.open("wb") as f:
         pickle.dump(state, f)
