@@ -11,7 +11,8 @@ from, first match wins:
 2. the environment: JAXMERGE_COORDINATOR_ADDRESS, JAXMERGE_NUM_PROCESSES,
    JAXMERGE_PROCESS_ID (what `launch/local.sh` sets);
 3. `--distributed=auto` / JAXMERGE_DISTRIBUTED=auto, or a SLURM step of more than one task
-   (SLURM_NTASKS > 1 and SLURM_PROCID set, as under `srun`): JAX's own cluster detection
+   (SLURM_STEP_NUM_TASKS > 1 and SLURM_PROCID set, as `srun` sets them; a batch script
+   itself is one process): JAX's own cluster detection
    (`jax.distributed.initialize()` with no arguments), which reads a TPU VM's metadata,
    SLURM's variables or GKE's, as t5x's and big_vision's launchers rely on;
 4. otherwise one process, and nothing is initialized.
@@ -98,7 +99,7 @@ def resolve(
         if num_processes == 1:
             return Settings()
         return Settings(coordinator_address, num_processes, process_id)
-    slurm_tasks = _int(env.get("SLURM_NTASKS"), "SLURM_NTASKS") or 1
+    slurm_tasks = _int(env.get("SLURM_STEP_NUM_TASKS"), "SLURM_STEP_NUM_TASKS") or 1
     if mode == "auto" or (slurm_tasks > 1 and "SLURM_PROCID" in env):
         return Settings(auto=True)
     return Settings()
@@ -134,6 +135,16 @@ def initialize(
         jax.distributed.initialize(**kwargs)
     except ValueError as e:  # auto with no cluster to detect, or bad values
         raise InputError(f"jax.distributed.initialize: {e}") from None
+    global _joined
+    _joined = True
+
+
+_joined = False
+
+
+def joined() -> bool:
+    """Whether `initialize` joined this process to a run of several."""
+    return _joined
 
 
 def describe() -> str:

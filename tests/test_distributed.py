@@ -28,10 +28,12 @@ def test_one_process_of_one_initializes_nothing():
 
 
 def test_slurm_step_and_auto_use_jax_cluster_detection():
-    slurm = {"SLURM_NTASKS": "8", "SLURM_PROCID": "5", "SLURM_JOB_ID": "77"}
+    slurm = {"SLURM_STEP_NUM_TASKS": "8", "SLURM_PROCID": "5", "SLURM_JOB_ID": "77"}
     assert distributed.resolve(environ=slurm) == Settings(auto=True)
-    assert distributed.resolve(environ={"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == Settings()
-    assert distributed.resolve(environ={"SLURM_NTASKS": "8"}) == Settings()  # sbatch, no srun
+    one_task = {"SLURM_STEP_NUM_TASKS": "1", "SLURM_PROCID": "0"}
+    assert distributed.resolve(environ=one_task) == Settings()
+    batch_script = {"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}  # sbatch itself, not srun
+    assert distributed.resolve(environ=batch_script) == Settings()
     assert distributed.resolve(mode="auto", environ={}) == Settings(auto=True)
     assert distributed.resolve(environ={"JAXMERGE_DISTRIBUTED": "auto"}) == Settings(auto=True)
     assert distributed.resolve(mode="off", environ=slurm) == Settings()

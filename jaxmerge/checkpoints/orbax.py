@@ -15,7 +15,11 @@ a PyTreeCheckpointHandler(use_ocdbt=True), the tree being its train-state dict
 `{'target': params, 'state': {'step': ..., 'param_states': ...}}`.
 
 The writer produces exactly that with TensorStore, one parameter per OCDBT commit, so a
-parameter is durable as soon as it is written.
+parameter is durable as soon as it is written. With several processes it writes as Orbax
+does: each process its own shards into its own database, `ocdbt.process_<i>/` (process 0
+also the zarr metadata), and process 0 merges them into the root manifest at the end (one
+atomic OCDBT transaction copying each child's keys; the children's data files stay where
+they are, referenced).
 """
 
 from __future__ import annotations
@@ -42,7 +46,7 @@ from jaxmerge.checkpoints.metadata import (
 )
 from jaxmerge.checkpoints.reader_base import ReaderBase
 from jaxmerge.checkpoints.shards import host_shards, write_chunks
-from jaxmerge.checkpoints.staging import Staging, write_file
+from jaxmerge.checkpoints.staging import Staging, barrier, is_primary, write_file
 from jaxmerge.checkpoints.tensorstore_arrays import TsArrays, ts_result
 from jaxmerge.errors import CheckpointError
 
@@ -234,11 +238,6 @@ class Writer:
     ):
         del reference, max_shard_bytes
         out = pathlib.Path(path).absolute()
-        if jax.process_count() > 1:  # one OCDBT database takes one writer
-            raise CheckpointError(
-                f"{out}: the orbax writer runs in one process ({jax.process_count()} here); "
-                "write t5x or safetensors from several processes"
-            )
         check_tree_names(out, params)
         self.params = dict(params)
         self.step = int(step)
@@ -256,11 +255,17 @@ class Writer:
         self._step_dir = self._staging.tmp / self.path.name
         self._dir = self._step_dir / STATE
         self._dir.mkdir(parents=True, exist_ok=True)
+        # One OCDBT database takes one writer: with several processes, one each.
+        self._multi = jax.process_count() > 1
+        self._db = self._dir / f"ocdbt.process_{jax.process_index()}" if self._multi else self._dir
         self._context = _write_context()
         self._init_ns = time.time_ns()
 
     def _write_leaf(self, key: str, info: ParamInfo, array, where: str) -> None:
-        kvstore = _kvstore(self._dir, key, use_ocdbt=True)
+        shards = host_shards(array) if isinstance(array, jax.Array) or is_primary() else []
+        if not shards and not is_primary():
+            return  # another process holds every shard; process 0 writes the metadata
+        kvstore = _kvstore(self._db, key, use_ocdbt=True)
         kvstore["config"] = _OCDBT_CONFIG
         spec = {
             "driver": "zarr",
@@ -272,11 +277,13 @@ class Writer:
                 "compressor": self._compressor,
             },
         }
-        store = ts_result(
-            ts.open(spec, create=True, delete_existing=True, context=self._context), where
-        )
+        if is_primary():
+            opened = ts.open(spec, create=True, delete_existing=True, context=self._context)
+        else:  # chunks only: the .zarray is process 0's
+            opened = ts.open(spec, open=True, assume_metadata=True, context=self._context)
+        store = ts_result(opened, where)
         failpoints.hit("orbax.array_created")
-        futures = [store[index].write(data) for index, data in host_shards(array)]
+        futures = [store[index].write(data) for index, data in shards]
         failpoints.hit("orbax.shards_in_flight")
         for f in futures:
             ts_result(f, where)
@@ -299,6 +306,13 @@ class Writer:
         step = np.asarray(self.step, np.int32)
         self._write_leaf("state.step", ParamInfo((), step.dtype), step, f"{self.path}: state/step")
         failpoints.hit("orbax.step_written")
+        if self._multi:
+            barrier(f"orbax-written:{self.path}")
+            if is_primary():
+                _merge_process_databases(self._dir, self._context, str(self.path))
+        if not is_primary():
+            self._staging.commit()  # waits for process 0's commit
+            return self.path
         meta = pytree_metadata(self.params)
         write_file(self._dir / METADATA, json.dumps(meta).encode())
         failpoints.hit("orbax.metadata_written")
@@ -322,6 +336,18 @@ class Writer:
     def close(self) -> None:
         """Releases the output lock, keeping what is written for a resume (after a failure)."""
         self._staging.close()
+
+
+def _merge_process_databases(directory: pathlib.Path, context: ts.Context, where: str) -> None:
+    """Copies every `ocdbt.process_<i>/` database's keys into DIR's root one, atomically."""
+    root = {"driver": "ocdbt", "base": {"driver": "file", "path": str(directory) + "/"}}
+    root = ts_result(ts.KvStore.open({**root, "config": _OCDBT_CONFIG}, context=context), where)
+    transaction = ts.Transaction(atomic=True)
+    for child in sorted(directory.glob("ocdbt.process_*")):
+        spec = {"driver": "ocdbt", "base": {"driver": "file", "path": str(child) + "/"}}
+        kvstore = ts_result(ts.KvStore.open(spec, context=context), f"{where}: {child.name}")
+        ts_result(kvstore.experimental_copy_range_to(root.with_transaction(transaction)), where)
+    ts_result(transaction.commit_async(), where)
 
 
 def _zarr_dtype(dtype: np.dtype) -> str:

@@ -11,6 +11,7 @@ import os
 import pathlib
 import platform
 import sys
+import traceback
 
 from jaxmerge import distributed
 from jaxmerge.cli import quiet
@@ -156,25 +157,37 @@ def main(argv: list[str] | None = None) -> int:
         return int(module.run(args) or 0)
     except InputError as e:
         print(f"jaxmerge {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        return leave(2)
     except KeyboardInterrupt:
         print(f"jaxmerge {args.command}: interrupted", file=sys.stderr)
-        return 130
+        return leave(130)
     except Exception as e:
-        if not distributed.is_peer_failure(e):
-            raise
-        # Not a bug here: another process of the run died. One line, then exit at once:
-        # a normal exit would wait in JAX's shutdown barrier for the dead peer.
-        where = distributed.describe()
-        first = distributed.peer_failure_reason(e)
-        print(
-            f"jaxmerge {args.command}: error: {where}: another process of the run stopped "
-            f"({first}); see the other processes' logs",
-            file=sys.stderr,
-            flush=True,
-        )
-        sys.stdout.flush()
-        os._exit(1)
+        if distributed.is_peer_failure(e):  # not a bug here: another process died
+            where, reason = distributed.describe(), distributed.peer_failure_reason(e)
+            print(
+                f"jaxmerge {args.command}: error: {where}: another process of the run stopped "
+                f"({reason}); see the other processes' logs",
+                file=sys.stderr,
+            )
+            return leave(1)
+        if distributed.joined():
+            traceback.print_exc()
+            return leave(1)
+        raise
+
+
+def leave(status: int) -> int:
+    """`status`, or, in a run of several processes, exit with it at once.
+
+    A normal exit would wait in JAX's shutdown barrier for the other processes, which may
+    be waiting in a collective for this one: they learn that it is gone from the
+    coordination service instead (its heartbeat stops), and stop too.
+    """
+    if not distributed.joined():
+        return status
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 def join_processes(args: argparse.Namespace) -> None:
