@@ -13,6 +13,7 @@ then replicated); `check_sharded` reports large parameters that ended up fully r
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -165,3 +166,37 @@ def check_sharded(
             f"device, e.g. {offenders[0]} {list(params[offenders[0]].shape)}; add a partition rule"
         )
     return offenders
+
+
+@dataclasses.dataclass(frozen=True)
+class Partitioner:
+    """A ("data", "model") mesh and T5X's logical-axis rules: t5x's PjitPartitioner, in small.
+
+    `num_partitions` devices hold one model replica (the "model" axis, T5X's
+    `num_partitions`); the rest of the devices replicate it along "data", over which
+    batches are split. Parameters go where `logical_axis_rules` send their T5X logical
+    axes (`T5_LOGICAL_AXES`); with num_partitions > 1, a parameter of at least
+    `min_sharded_bytes` that would still be whole on every device is an error
+    (`check_sharded`). Configured from gin (gin_configs/mesh/).
+    """
+
+    num_partitions: int = 1
+    logical_axis_rules: tuple[tuple[str, str | None], ...] = tuple(T5X_LOGICAL_AXIS_RULES)
+    min_sharded_bytes: int = 64 << 20
+
+    def mesh(self) -> Mesh:
+        if self.num_partitions < 1:
+            raise InputError(f"Partitioner.num_partitions={self.num_partitions}: must be >= 1")
+        if jax.device_count() % self.num_partitions:
+            raise InputError(
+                f"Partitioner.num_partitions={self.num_partitions} does not divide the "
+                f"{jax.device_count()} devices"
+            )
+        return make_mesh((-1, self.num_partitions), ("data", "model"))
+
+    def param_shardings(self, mesh: Mesh, params: Mapping[str, object]) -> dict:
+        """name -> NamedSharding of every parameter (anything with .shape and .dtype)."""
+        placement = shardings(params, mesh, t5x_rules(mesh, axis_rules=self.logical_axis_rules))
+        if self.num_partitions > 1:
+            check_sharded(params, placement, min_bytes=self.min_sharded_bytes)
+        return placement

@@ -5,10 +5,12 @@ import this module as `train_script` (`from jaxmerge import training as train_sc
 
 An optax loop (Adafactor by default, Shazeer & Stern 2018, arXiv:1804.04235, with
 T5X's settings) over seqio's `EncDecFeatureConverter` (packed examples),
-data-parallel over a mesh of every device: parameters are replicated, the batch
-is split along the mesh's "data" axis, and each process feeds its own rows of each
-global batch, so the same code runs on one CPU and on a pod, and gives the same
-training (up to the order of the gradient all-reduce) on 1 process or N.
+over a ("data", "model") mesh of every device (`sharding.Partitioner`, from gin:
+gin_configs/mesh/): parameters and optimizer state are split over "model" by T5X's
+logical-axis rules (replicated when num_partitions is 1, the default), the batch along
+"data"; every process reads the same global batches and places its devices' rows, so
+the same code runs on one CPU and on a pod, and gives the same training (up to the order
+of the reductions) on 1 process or N.
 
 Writes MODEL_DIR/checkpoint_<step>/ (T5X's format, through `jaxmerge.checkpoints`,
 plus the optax state for resuming) every `save_period` steps and at the end,
@@ -33,8 +35,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
+from jaxmerge import sharding as sharding_lib
 from jaxmerge import summaries
 from jaxmerge.errors import CheckpointError, InputError
 from jaxmerge.models import params as param_utils
@@ -167,13 +170,15 @@ def save_checkpoint(model_dir, step: int, params, opt_state) -> pathlib.Path:
     return final
 
 
-def restore_checkpoint(path, sharding=None, abstract_opt_state=None):
+def restore_checkpoint(path, sharding=None, abstract_opt_state=None, opt_sharding=None):
     """Reads a checkpoint -> (params (nested dict), step, opt_state or None).
 
     `path` is anything `jaxmerge.checkpoints.open` reads (T5X, Orbax, or a Hugging
     Face T5 directory, whose names are mapped by `models.hf_t5`). Arrays are placed
-    with `sharding` if given. The optimizer state comes back only when
-    `abstract_opt_state` is given and the checkpoint has OPTIMIZER_STATE_FILE.
+    with `sharding` if given: one sharding for all, or {"/"-joined name: sharding}. The
+    optimizer state comes back only when `abstract_opt_state` is given and the
+    checkpoint has OPTIMIZER_STATE_FILE, placed with `opt_sharding` (a tree or one
+    sharding; default `sharding` when that is one sharding).
     """
     import flax.serialization
 
@@ -181,18 +186,24 @@ def restore_checkpoint(path, sharding=None, abstract_opt_state=None):
     from jaxmerge.models import hf_t5
 
     path = pathlib.Path(path).absolute()
+
+    def where(name):
+        return sharding.get(name) if isinstance(sharding, dict) else sharding
+
     with checkpoints.open(path) as reader:
         if reader.format == "safetensors":
             _, flat = hf_t5.load_hf_t5(path)
-            flat = {n: jax.device_put(a, sharding) for n, a in flat.items()}
+            flat = {n: jax.device_put(a, where(n)) for n, a in flat.items()}
         else:
-            flat = {n: reader.read(n, sharding) for n in reader.params}
+            flat = {n: reader.read(n, where(n)) for n in reader.params}
         step = int(reader.step or 0)
     opt_state = None
     opt_file = pathlib.Path(reader.path) / OPTIMIZER_STATE_FILE
     if abstract_opt_state is not None and opt_file.exists():
         opt_state = flax.serialization.from_bytes(abstract_opt_state, opt_file.read_bytes())
-        opt_state = jax.device_put(opt_state, sharding)
+        if opt_sharding is None and not isinstance(sharding, dict):
+            opt_sharding = sharding
+        opt_state = jax.device_put(opt_state, opt_sharding)
     return param_utils.unflatten(flat), step, opt_state
 
 
@@ -231,10 +242,18 @@ def loss_fn(config: t5.T5Config, params, batch, dropout_rng, z_loss: float = 1e-
     return jnp.sum(per_token * weights) / jnp.maximum(jnp.sum(weights), 1.0)
 
 
-def make_train_step(config: t5.T5Config, optimizer: optax.GradientTransformation, z_loss=1e-4):
-    """(params, opt_state, batch, rng, step) -> (params, opt_state, loss); donates state."""
+def make_train_step(
+    config: t5.T5Config,
+    optimizer: optax.GradientTransformation,
+    z_loss=1e-4,
+    state_shardings=None,
+):
+    """(params, opt_state, batch, rng, step) -> (params, opt_state, loss); donates state.
 
-    @functools.partial(jax.jit, donate_argnums=(0, 1))
+    `state_shardings` (params', opt_state's, loss's) pins where the outputs live.
+    """
+
+    @functools.partial(jax.jit, donate_argnums=(0, 1), out_shardings=state_shardings)
     def train_step(params, opt_state, batch, rng, step):
         dropout_rng = jax.random.fold_in(rng, step)
         loss, grads = jax.value_and_grad(functools.partial(loss_fn, config, z_loss=z_loss))(
@@ -317,10 +336,12 @@ def train(
     log_period: int = 50,
     random_seed: int = 0,
     z_loss: float = 1e-4,
+    partitioner: sharding_lib.Partitioner | None = None,
 ) -> dict:
     """Trains `model` until step `total_steps`; returns the last logged metrics."""
     model_dir = pathlib.Path(model_dir)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
+    partitioner = partitioner or sharding_lib.Partitioner()
+    mesh = partitioner.mesh()
     replicated, data = (
         NamedSharding(mesh, PartitionSpec()),
         NamedSharding(mesh, PartitionSpec("data")),
@@ -332,31 +353,50 @@ def train(
         params = param_utils.unbox(t5.init_params(model, jax.random.key(random_seed)))
         return params, tx.init(params)
 
-    init = jax.jit(init_state, out_shardings=replicated)
     abstract_params, abstract_opt = jax.eval_shape(init_state)
+    flat_shardings = partitioner.param_shardings(mesh, param_utils.flatten(abstract_params))
+    param_shardings = param_utils.unflatten(flat_shardings)
+    opt_shardings = optax.tree_utils.tree_map_params(
+        tx,
+        # A state leaf shaped like its parameter goes where it goes; factored ones replicate.
+        lambda leaf, where, param: where if leaf.shape == param.shape else replicated,
+        abstract_opt,
+        param_shardings,
+        abstract_params,
+        transform_non_params=lambda _: replicated,
+    )
+    init = jax.jit(init_state, out_shardings=(param_shardings, opt_shardings))
 
     if jax.process_index() == 0:
         for stale in model_dir.glob(".checkpoint_*.staging*"):  # from a run killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
     _barrier(f"cleaned:{model_dir}")
     if (last := latest_checkpoint(model_dir)) is not None:
-        params, step, opt_state = restore_checkpoint(last, replicated, abstract_opt)
+        params, step, opt_state = restore_checkpoint(
+            last, flat_shardings, abstract_opt, opt_shardings
+        )
         _check_params(params, abstract_params, last)
         if opt_state is None:
             raise CheckpointError(f"{last}: no {OPTIMIZER_STATE_FILE}; cannot resume from it")
         print(f"resuming from {last} (step {step})")
     elif initial_checkpoint_path:
-        params, step, _ = restore_checkpoint(initial_checkpoint_path, replicated)
+        params, step, _ = restore_checkpoint(initial_checkpoint_path, flat_shardings)
         _check_params(params, abstract_params, initial_checkpoint_path)
-        opt_state = jax.jit(tx.init, out_shardings=replicated)(params)
+        opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
         print(f"initialised from {initial_checkpoint_path} (step {step})")
     else:
         (params, opt_state), step = init(), 0
 
     n_params = sum(x.size for x in jax.tree.leaves(abstract_params))
     devices = jax.device_count()
-    print(f"model: {n_params:,} parameters; {devices} devices; step {step} -> {total_steps}")
-    train_step = make_train_step(model, tx, z_loss)
+    mesh_text = " x ".join(f"{n} {a}" for a, n in mesh.shape.items())
+    print(
+        f"model: {n_params:,} parameters; {devices} devices ({mesh_text}); "
+        f"step {step} -> {total_steps}"
+    )
+    train_step = make_train_step(
+        model, tx, z_loss, state_shardings=(param_shardings, opt_shardings, replicated)
+    )
     batches = global_batches(train_dataset_cfg, seed=train_dataset_cfg.seed + step)
     writer = summaries.scalar_writer(model_dir / "train")
     rng, metrics = jax.random.key(random_seed + 1), {}
@@ -364,9 +404,11 @@ def train(
     totals = _read_train_stats(model_dir, step)
     totals_t0 = time.perf_counter()
     while step < total_steps:
-        whole = next(batches)
-        local = process_rows(whole)
-        batch = {k: jax.make_array_from_process_local_data(data, v) for k, v in local.items()}
+        whole = next(batches)  # every process has it; each places its devices' rows
+        batch = {
+            k: jax.make_array_from_callback(v.shape, data, lambda index, v=v: v[index])
+            for k, v in whole.items()
+        }
         params, opt_state, loss = train_step(params, opt_state, batch, rng, step)
         step += 1
         new_tokens = real_tokens(whole)

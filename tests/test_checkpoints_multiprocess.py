@@ -1,5 +1,5 @@
-"""Two JAX processes (4 CPU devices each, gloo collectives) write one checkpoint together:
-each writes only the shards it holds, process 0 the metadata; the result equals the model,
+"""Two JAX processes (4 CPU devices each, gloo collectives) write one checkpoint together,
+in each format: each writes only the shards it holds, process 0 the metadata; the result equals the model,
 and each process reads back only its own shards."""
 
 import textwrap
@@ -23,12 +23,11 @@ WORKER = textwrap.dedent(
     from jax.sharding import NamedSharding, PartitionSpec as P
     from jaxmerge import checkpoints
     from jaxmerge.checkpoints import ParamInfo
-    from jaxmerge.errors import CheckpointError
     from tests.test_checkpoints import make_model
     model = make_model()
     mesh = jax.make_mesh((4, 2), ("data", "model"))
     infos = {n: ParamInfo(a.shape, a.dtype) for n, a in model.items()}
-    for fmt in ("t5x", "safetensors"):
+    for fmt in ("t5x", "safetensors", "orbax"):
         writer = checkpoints.create(f"{out}/{fmt}", fmt, infos, step=3, max_shard_bytes=600)
         for name, array in model.items():
             spec = P("data", "model") if array.ndim == 2 else P("model")
@@ -43,21 +42,17 @@ WORKER = textwrap.dedent(
                 x = reader.read(name, NamedSharding(mesh, spec))
                 for shard in x.addressable_shards:
                     assert shard.data.tobytes() == array[shard.index].tobytes(), (fmt, name)
-    try:
-        checkpoints.create(f"{out}/orbax", "orbax", infos)
-    except CheckpointError as e:
-        print("orbax refused:", e)
     print("worker", pid, "done", flush=True)
     """
 )
 
 
-def test_two_processes_write_t5x_and_safetensors_together(tmp_path):
+def test_two_processes_write_every_format_together(tmp_path):
     outputs = run_two_processes(WORKER, tmp_path)
     for pid, output in enumerate(outputs):
-        assert f"worker {pid} done" in output and "orbax refused" in output
+        assert f"worker {pid} done" in output
     model = make_model()
-    for fmt in ("t5x", "safetensors"):
+    for fmt in ("t5x", "safetensors", "orbax"):
         with checkpoints.open(tmp_path / fmt) as reader:
             assert reader.format == fmt
             for name, array in model.items():

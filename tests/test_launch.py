@@ -98,7 +98,11 @@ TRAIN = [
 
 
 def test_two_processes_train_as_one(tmp_path):
-    two = _local(2, *JAXMERGE, *TRAIN, "--gin.TRAIN_STEPS=2", f"--gin.MODEL_DIR='{tmp_path}/two'")
+    """2 processes x 4 devices, the model split over 2 of them, against 1 x 8 data-parallel."""
+    mesh = ["--gin_file=gin_configs/mesh/model_parallel.gin", "--gin.NUM_PARTITIONS=2"]
+    steps = ["--gin.TRAIN_STEPS=2", f"--gin.MODEL_DIR='{tmp_path}/two'"]
+    two = _local(2, *JAXMERGE, *TRAIN, *mesh, *steps)
+    assert "(4 data x 2 model)" in two.stdout
     assert two.returncode == 0, two.stderr[-3000:]
     one = _one_process(*TRAIN, "--gin.TRAIN_STEPS=2", f"--gin.MODEL_DIR='{tmp_path}/one'")
     assert one.returncode == 0, one.stderr[-3000:]

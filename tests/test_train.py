@@ -4,6 +4,7 @@ import dataclasses
 import functools
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -271,3 +272,72 @@ def test_restore_from_hugging_face_directory(tmp_path):
     assert step == 0
     for name, value in params.flatten(restored).items():
         np.testing.assert_array_equal(value, flat[name], err_msg=name)
+
+
+def test_model_parallel_mesh_shards_the_state_and_trains_as_data_parallel(tmp_path):
+    from jaxmerge import sharding
+
+    cfg = training.DatasetConfig("jaxmerge_held_in_topic", LENGTHS, batch_size=8, seed=1)
+    model_parallel = sharding.Partitioner(num_partitions=2)
+    mesh = model_parallel.mesh()
+    assert dict(mesh.shape) == {"data": 4, "model": 2}
+    abstract = params.flatten(
+        params.unbox(jax.eval_shape(lambda: t5.init_params(TINY, jax.random.key(0))))
+    )
+    placed = model_parallel.param_shardings(mesh, abstract)
+    assert placed["encoder/layers_0/mlp/wi_0/kernel"].spec == jax.sharding.PartitionSpec(
+        None, "model"
+    )
+    assert placed["decoder/logits_dense/kernel"].spec == jax.sharding.PartitionSpec(None, "model")
+
+    def run(name, partitioner):
+        training.train(
+            model=TINY,
+            model_dir=str(tmp_path / name),
+            train_dataset_cfg=cfg,
+            total_steps=3,
+            learning_rate_fn=training.constant(0.01),
+            save_period=2,
+            partitioner=partitioner,
+        )
+        return params.flatten(training.restore_checkpoint(tmp_path / name / "checkpoint_3")[0])
+
+    sharded, replicated = run("mp", model_parallel), run("dp", None)
+    for name in replicated:
+        np.testing.assert_allclose(sharded[name], replicated[name], atol=2e-6, err_msg=name)
+    # Resuming restores the sharded state (parameters and Adafactor's) from checkpoint_2.
+    resumed = {}
+    for name, partitioner in (("mp", model_parallel), ("dp", None)):
+        shutil.rmtree(tmp_path / name / "checkpoint_3")
+        resumed[name] = run(name, partitioner)
+    for name in replicated:
+        np.testing.assert_allclose(resumed["mp"][name], resumed["dp"][name], atol=2e-6)
+
+
+def test_model_parallel_mesh_refuses_a_large_replicated_parameter():
+    from jaxmerge import sharding
+    from jaxmerge.errors import InputError
+
+    no_rules = sharding.Partitioner(num_partitions=2, logical_axis_rules=(), min_sharded_bytes=1)
+    abstract = params.flatten(
+        params.unbox(jax.eval_shape(lambda: t5.init_params(TINY, jax.random.key(0))))
+    )
+    with pytest.raises(InputError, match="replicated on every device"):
+        no_rules.param_shardings(no_rules.mesh(), abstract)
+    with pytest.raises(InputError, match="num_partitions=3 does not divide the 8 devices"):
+        sharding.Partitioner(num_partitions=3).mesh()
+
+
+def test_mesh_gin_files_parse():
+    from jaxmerge import sharding
+    from jaxmerge.cli import gin_flags
+
+    required = ["MODEL_DIR = '/m'", "TRAIN_STEPS = 3", "MIXTURE_OR_TASK_NAME = 'jaxmerge_pretrain'"]
+    for mesh, partitions in (("data_parallel", 1), ("model_parallel", 4)):
+        files = ["gin_configs/models/t5_tiny.gin", "gin_configs/runs/pretrain.gin"]
+        files.append(f"gin_configs/mesh/{mesh}.gin")
+        gin_flags.parse(files, [*required, "NUM_PARTITIONS = 4"])
+        import gin
+
+        partitioner = gin.get_configurable(sharding.Partitioner)()
+        assert partitioner.num_partitions == partitions
