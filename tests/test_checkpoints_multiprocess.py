@@ -1,6 +1,6 @@
 """Two JAX processes (4 CPU devices each, gloo collectives) write one checkpoint together,
-in each format: each writes only the shards it holds, process 0 the metadata; the result equals the model,
-and each process reads back only its own shards."""
+in each format: each writes only the shards it holds, process 0 the metadata; the result
+equals the model, and each process reads back only its own shards."""
 
 import textwrap
 

@@ -223,7 +223,8 @@ def test_two_processes_learn_as_one(tmp_path, search):
     learn = ["learn", "--base", paths[0], "--experts", *paths[1:], "--search", search, *SMALL]
     learn += ["--steps", "2", "--eval_period", "2"] if search == "gradient" else []
     learn += ["--generations", "2", "--popsize", "4"] if search == "cmaes" else []
-    two = _local(2, *JAXMERGE, *learn, "--output", tmp_path / "two")
+    # 2 processes x 4 devices, the pool split over 2 of them, against 1 x 8 replicated
+    two = _local(2, *JAXMERGE, *learn, "--num_partitions", "2", "--output", tmp_path / "two")
     assert two.returncode == 0, two.stderr[-3000:]
     one = _one_process(*learn, "--output", tmp_path / "one")
     assert one.returncode == 0, one.stderr[-3000:]

@@ -127,3 +127,20 @@ def test_bad_input_exits_2_with_one_line(tmp_path, pool):
     line = _error(*common, "--experts", pool["e1"], *SMALL, "--preprocess", "trim")
     assert "--preprocess='trim': choose from none, ties, dare" in line
     assert not (tmp_path / "bad" / "coefficients.json").exists()
+
+
+@pytest.mark.parametrize("search", ["gradient", "cmaes"])
+def test_pool_split_over_a_model_axis_learns_the_same(tmp_path, pool, search):
+    extra = ["--steps", "2", "--eval_period", "2"] if search == "gradient" else []
+    extra += ["--generations", "2", "--popsize", "4"] if search == "cmaes" else []
+    argv = ["learn", "--base", pool["base"], "--experts", pool["e1"], pool["e2"]]
+    argv += ["--search", search, *SMALL, *extra]
+    summaries = []
+    for partitions in ("1", "2"):
+        out = tmp_path / partitions
+        assert main([*argv, "--output", str(out), "--num_partitions", partitions]) == 0
+        summaries.append(json.loads((out / "coefficients.json").read_text()))
+    replicated, split = summaries
+    assert split["fitness"] == pytest.approx(replicated["fitness"], abs=1e-6)
+    want = replicated["coefficients"]["all"]
+    assert split["coefficients"]["all"] == pytest.approx(want, abs=1e-5)

@@ -45,6 +45,7 @@ RUN_FLAGS = {
     "preprocess": str,
     "density": float,
     "drop_rate": float,
+    "num_partitions": int,
 }
 
 

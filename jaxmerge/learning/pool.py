@@ -30,19 +30,21 @@ class Pool:
         return self.base if self.base is not None else self.checkpoints[0]
 
 
-def load_pool(base_path: str | None, paths: Sequence[str], mesh: Mesh) -> Pool:
+def load_pool(base_path: str | None, paths: Sequence[str], mesh: Mesh, placement=None) -> Pool:
     """Reads every checkpoint (any format `jaxmerge.checkpoints` reads, Hugging Face T5
-    included) replicated on `mesh`; InputError naming the file and parameter on a
-    mismatch."""
+    included) onto `mesh`: replicated, or by `placement` ({T5X parameter name:
+    NamedSharding}, e.g. `sharding.Partitioner.param_shardings`); InputError naming the file
+    and parameter on a mismatch."""
     from jaxmerge import training
 
     if not paths:
         raise InputError("--experts: no checkpoint to learn over")
-    replicated = NamedSharding(mesh, PartitionSpec())
+    if placement is None:
+        placement = NamedSharding(mesh, PartitionSpec())
 
     def read(path: str) -> dict[str, jax.Array]:
         try:
-            tree, _, _ = training.restore_checkpoint(path, replicated)
+            tree, _, _ = training.restore_checkpoint(path, placement)
         except FileNotFoundError:
             raise InputError(f"{path}: checkpoint not found") from None
         return params_lib.flatten(tree)

@@ -21,6 +21,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 
+import jax
 import numpy as np
 
 from jaxmerge.checkpoints.staging import barrier, is_primary
@@ -63,6 +64,9 @@ class LearnConfig:
     preprocess: str = "none"  # none | ties | dare: task vectors preprocessed (AdaMerging++)
     density: float = 0.2  # ties preprocessing: the kept fraction of each |τᵢ|
     drop_rate: float = 0.9  # dare preprocessing: the dropped fraction
+    # Devices holding one copy of the pool and the merged model (a "model" mesh axis,
+    # T5X's logical-axis rules); 1: every device holds all of it.
+    num_partitions: int = 1
     overwrite: bool = False
 
 
@@ -118,6 +122,9 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     from jaxmerge.learning import gradient, search
     from jaxmerge.learning.pool import load_pool, preprocess
     from jaxmerge.merging import MergeConfig, merge_checkpoints
+    from jaxmerge.models import params as params_lib
+    from jaxmerge.models import t5
+    from jaxmerge.sharding import Partitioner
 
     start = time.perf_counter()
     _check(config)
@@ -129,6 +136,8 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
         raise InputError(f"{output}: holds a finished run (--overwrite replaces it)")
     spec = config.coefficients
     model_config = eval_run.model_config(config.experts[0])
+    partitioner = Partitioner(num_partitions=config.num_partitions)
+    mesh = partitioner.mesh()
     evaluator = Evaluator(
         model_config,
         task_names,
@@ -136,10 +145,16 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
         task_feature_lengths=dict(config.task_feature_lengths),
         batch_size=config.batch_size,
         max_examples=config.max_examples,
+        mesh=mesh,
     )
     base_path = config.base if spec.space == "task_vector" else None
     pool_base = config.base if config.preprocess != "none" else base_path
-    pool = load_pool(pool_base, list(config.experts), evaluator.mesh)
+    placement = None
+    if config.num_partitions > 1:  # the pool split over the "model" axis
+        abstract = jax.eval_shape(lambda: t5.init_params(model_config, jax.random.key(0)))
+        flat = params_lib.flatten(params_lib.unbox(abstract))
+        placement = partitioner.param_shardings(mesh, flat)
+    pool = load_pool(pool_base, list(config.experts), mesh, placement)
     pool = preprocess(
         pool,
         config.preprocess,
