@@ -6,6 +6,7 @@ gradient all-reduce) and the same loss and token counts for training. A killed p
 ends the run with a non-zero status within a bound, never a hang.
 """
 
+import functools
 import json
 import os
 import pathlib
@@ -123,8 +124,9 @@ def test_two_processes_train_as_one(tmp_path):
     assert not list((tmp_path / "two").glob(".checkpoint_*"))
 
 
-@pytest.mark.parametrize("fmt", ["orbax"])  # the library's own test runs every format
-def test_two_processes_merge_the_same_bytes_as_one(tmp_path, fmt):
+def test_two_processes_merge_orbax_as_one(tmp_path):
+    """The other formats: tests/test_merge_multiprocess.py (the library, both TIES kinds)."""
+    fmt = "orbax"
     base, experts = make_models(count=2)
     base_path, expert_paths = write_all(tmp_path, fmt, base, experts)
     merge = ["merge", "--method", "ties", "--base", base_path, "--experts", *expert_paths]
@@ -139,6 +141,18 @@ def test_two_processes_merge_the_same_bytes_as_one(tmp_path, fmt):
     assert got.keys() == want.keys()
     for name in want:
         assert got[name].tobytes() == want[name].tobytes(), name
+    # Orbax restores the per-process OCDBT databases process 0 merged, as its own.
+    import orbax.checkpoint as ocp
+
+    state = _only_checkpoint(tmp_path / "two") / "state"
+    assert sorted(p.name for p in state.glob("ocdbt.process_*")) == [
+        "ocdbt.process_0",
+        "ocdbt.process_1",
+    ]
+    restored = ocp.PyTreeCheckpointer().restore(state)["target"]
+    for name in want:
+        leaf = functools.reduce(lambda tree, key: tree[key], name.split("/"), restored)
+        assert np.asarray(leaf).tobytes() == want[name].tobytes(), name
 
 
 def _only_checkpoint(out: pathlib.Path) -> pathlib.Path:

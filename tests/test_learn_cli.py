@@ -129,7 +129,8 @@ def test_bad_input_exits_2_with_one_line(tmp_path, pool):
     assert not (tmp_path / "bad" / "coefficients.json").exists()
 
 
-@pytest.mark.parametrize("search", ["gradient", "cmaes"])
+# gradient on a split pool: also tests/test_launch.py, on 2 processes
+@pytest.mark.parametrize("search", [pytest.param("gradient", marks=pytest.mark.slow), "cmaes"])
 def test_pool_split_over_a_model_axis_learns_the_same(tmp_path, pool, search):
     extra = ["--steps", "2", "--eval_period", "2"] if search == "gradient" else []
     extra += ["--generations", "2", "--popsize", "4"] if search == "cmaes" else []

@@ -6,10 +6,8 @@ output is the same bytes as one process with 8 devices gives (DESIGN.md: identic
 device, 8 devices or several processes).
 """
 
-import functools
 import textwrap
 
-import numpy as np
 import pytest
 
 from jaxmerge.merging import MergeConfig, merge_checkpoints
@@ -43,7 +41,7 @@ def _merge_in_two_processes(base, experts, out, method) -> None:
 
 
 @pytest.mark.parametrize("method", ["ties", "dare_ties"])  # global histograms; random masks
-@pytest.mark.parametrize("fmt", ["safetensors", "t5x", "orbax"])
+@pytest.mark.parametrize("fmt", ["safetensors", "t5x"])  # orbax: tests/test_launch.py
 def test_two_processes_give_the_same_bytes_as_one(tmp_path, fmt, method):
     base, experts = make_models(count=2)
     base_path, expert_paths = write_all(tmp_path, fmt, base, experts)
@@ -64,16 +62,5 @@ def test_two_processes_give_the_same_bytes_as_one(tmp_path, fmt, method):
     assert got.keys() == want.keys()
     for name in want:
         assert got[name].tobytes() == want[name].tobytes(), name
-    if fmt == "orbax":  # per-process OCDBT databases merged as Orbax merges them
-        import orbax.checkpoint as ocp
-
-        assert sorted(p.name for p in (two / "state").glob("ocdbt.process_*")) == [
-            "ocdbt.process_0",
-            "ocdbt.process_1",
-        ]
-        restored = ocp.PyTreeCheckpointer().restore(two / "state")["target"]
-        for name in want:
-            leaf = functools.reduce(lambda tree, key: tree[key], name.split("/"), restored)
-            assert np.asarray(leaf).tobytes() == want[name].tobytes(), name
     assert not (tmp_path / "two.jaxmerge-tmp").exists()
     assert not (tmp_path / "two.jaxmerge-lock").exists()
