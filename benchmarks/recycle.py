@@ -17,7 +17,9 @@ it reports, in the same units:
                 merge of those chosen improves on validation
   optimized     Σᵢ αᵢ θᵢ, α on the simplex (softmax), CMA-ES on the validation objective
                 (`jaxmerge learn --space simplex --search cmaes`), scored from the
-                checkpoint it wrote
+                checkpoint it wrote; it starts (`--start`) at the uniform merge, or at the
+                greedy one: weight 1 on the chosen inputs, START_FLOOR on the others, so
+                that σ (`--sigma`, in log-weight units) reaches them
 
 Choices are made on the validation split; the table reports validation and test, and
 the held-out mixture's mean accuracy on test (zero-shot, never trained on). The bar:
@@ -40,6 +42,8 @@ from jaxmerge.learning import run as learn_run
 from jaxmerge.methods import merge_trees
 from jaxmerge.models import params as params_lib
 
+START_FLOOR = 0.1  # the greedy start's weight of an input greedy left out
+
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -48,6 +52,8 @@ def main(argv=None) -> None:
     parser.add_argument("--max_examples", type=int, help="rows per task (default all)")
     parser.add_argument("--generations", type=int, default=12, help="CMA-ES generations")
     parser.add_argument("--popsize", type=int, default=8, help="CMA-ES candidates each")
+    parser.add_argument("--start", choices=("greedy", "uniform"), default="greedy")
+    parser.add_argument("--sigma", type=float, default=0.5, help="CMA-ES σ in log weights")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
@@ -116,14 +122,19 @@ def main(argv=None) -> None:
     print(f"fixed merges scored ({time.perf_counter() - start:.0f} s)")
 
     out = root / "recycle" / name_tag
+    start_weights = None  # uniform
+    if args.start == "greedy":
+        start_weights = tuple(1.0 if n in chosen else START_FLOOR for n in paths)
+    print(f"CMA-ES from the {args.start} merge, sigma {args.sigma}")
     summary = learn_run.learn(
         learn_run.LearnConfig(
             experts=list(paths.values()),
             tasks=objective,
             output=str(out),
             search="cmaes",
-            coefficients=coef_lib.CoefficientSpec(space="simplex"),
+            coefficients=coef_lib.CoefficientSpec(space="simplex", init_weights=start_weights),
             generations=args.generations,
+            sigma=args.sigma,
             popsize=args.popsize,
             max_examples=args.max_examples,
             task_feature_lengths=lengths,
@@ -158,6 +169,8 @@ def main(argv=None) -> None:
     seconds = time.perf_counter() - start
     print(f"{seconds / 60:.1f} min")
     record = {"objective": objective, "pool": paths, "rows": rows, "met": met, "seconds": seconds}
+    record["search"] = {"start": args.start, "sigma": args.sigma, "generations": args.generations}
+    record["search"].update(popsize=args.popsize, max_examples=args.max_examples)
     (root / "recycle" / f"{name_tag}.json").write_text(json.dumps(record, indent=1))
 
 

@@ -1,5 +1,7 @@
 """Learned merge coefficients: groups, spaces, gradients, resume, and the merge on disk."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,3 +224,19 @@ def test_preprocessing_errors(pool):
     with pytest.raises(InputError, match="--preprocess=ties: needs a base"):
         preprocess(Pool(pool.paths, None, pool.checkpoints, None, pool.names), "ties")
     assert preprocess(pool, "none") is pool
+
+
+@pytest.mark.parametrize("space, simplex_map", [("task_vector", "softmax"), ("simplex", "softmax"),
+                                                ("simplex", "projection")])  # fmt: skip
+def test_init_weights_start_each_checkpoint_where_given(space, simplex_map):
+    spec = CoefficientSpec(space=space, simplex_map=simplex_map, init_weights=(2.0, 0.0, 2.0))
+    spec.check()
+    got = np.asarray(coef_lib.coefficients(spec, coef_lib.initial_raw(spec, 2, 3)))
+    want = [2.0, 0.0, 2.0] if space == "task_vector" else [0.5, 0.0, 0.5]
+    np.testing.assert_allclose(got, [want, want], atol=1e-4)
+    with pytest.raises(InputError, match="2 value"):
+        coef_lib.initial_raw(dataclasses.replace(spec, init_weights=(1.0, 1.0)), 1, 3)
+    with pytest.raises(InputError, match="give one of them"):
+        dataclasses.replace(spec, init=0.1).check()
+    with pytest.raises(InputError, match=">= 0"):
+        CoefficientSpec(space="simplex", init_weights=(1.0, -1.0)).check()

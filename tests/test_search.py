@@ -222,3 +222,9 @@ def test_one_checkpoint_in_the_simplex_gets_weight_one(setup):
     np.testing.assert_array_equal(coefs, [[1.0]])
     direct = evaluator.evaluate(params.unflatten(trees[0]))[TASK]["accuracy"]
     assert result["best_fitness"] == pytest.approx(direct)
+
+
+def test_a_flat_fitness_does_not_end_the_search():
+    """Scores of a few rows are discrete; equal fitnesses are a plateau, not convergence."""
+    result = search.search(lambda x: 0.0, np.zeros(3), generations=6, seed=0)
+    assert len(result["history"]) == 6

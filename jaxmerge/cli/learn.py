@@ -4,7 +4,8 @@
         jaxmerge_held_in_topic --output OUT [--search gradient|cmaes] \\
         [--objective supervised|entropy] [--granularity task|tensor|group] \\
         [--group_rule 'encoder/layers_0/.*=enc0' ...] [--space task_vector|simplex] \\
-        [--simplex_map softmax|projection] [--init 0.3] [--clamp 0 1] [--steps 100] \\
+        [--simplex_map softmax|projection] [--init 0.3 | --init_weights W1 .. WK] \\
+        [--clamp 0 1] [--steps 100] \\
         [--learning_rate 1e-3] [--eval_period 20] [--patience N] [--generations 20] \\
         [--popsize N] [--sigma 0.2] [--task_weight TASK=W ...] [--reference TASK=SCORE ...]
         [--preprocess none|ties|dare] [--density 0.2] [--drop_rate 0.9]
@@ -58,6 +59,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--space", help="task_vector | simplex (default task_vector)")
     parser.add_argument("--simplex_map", help="softmax | projection (default softmax)")
     parser.add_argument("--init", type=float, help="initial coefficient (task_vector; 0.3)")
+    parser.add_argument(
+        "--init_weights",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="one initial coefficient per checkpoint (simplex: weights, normalized)",
+    )
     parser.add_argument("--clamp", type=float, nargs=2, metavar=("LO", "HI"))
     parser.add_argument("--group_rule", action="append", metavar="REGEX=GROUP")
     parser.add_argument("--task_weight", action="append", metavar="TASK=WEIGHT")
@@ -104,6 +112,8 @@ def config_from_args(args: argparse.Namespace):
     spec_given = {k: getattr(args, k) for k in SPEC_FLAGS if getattr(args, k) is not None}
     if args.clamp is not None:
         spec_given["clamp"] = tuple(args.clamp)
+    if args.init_weights is not None:
+        spec_given["init_weights"] = tuple(args.init_weights)
     if args.group_rule:
         spec_given["rules"] = tuple(_pairs("group_rule", args.group_rule))
         spec_given.setdefault("granularity", "group")

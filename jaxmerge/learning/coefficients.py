@@ -47,6 +47,9 @@ class CoefficientSpec:
     space: str = "task_vector"
     simplex_map: str = "softmax"
     init: float | None = None  # task_vector: every coefficient (default 0.3)
+    # One initial coefficient per checkpoint, for every group: task_vector λᵢ, or simplex
+    # weights (≥ 0, normalized; softmax starts at log wᵢ, a zero weight at log 1e-4).
+    init_weights: tuple[float, ...] | None = None
     clamp: tuple[float, float] | None = None  # task_vector: clip coefficients to [lo, hi]
     rules: tuple[tuple[str, str], ...] = ()  # granularity "group": (regex, group), first wins
 
@@ -63,6 +66,17 @@ class CoefficientSpec:
             raise InputError("--granularity group needs --group_rule REGEX=GROUP rules")
         if self.clamp is not None and not self.clamp[0] <= self.clamp[1]:
             raise InputError(f"--clamp {self.clamp}: the low end exceeds the high end")
+        if self.init_weights is not None:
+            if self.init is not None:
+                raise InputError("--init and --init_weights: give one of them")
+            weights = np.asarray(self.init_weights, np.float64)
+            if not np.all(np.isfinite(weights)):
+                raise InputError(f"--init_weights {list(self.init_weights)}: not finite")
+            if self.space == "simplex" and (np.any(weights < 0) or weights.sum() <= 0):
+                raise InputError(
+                    f"--init_weights {list(self.init_weights)}: simplex weights must be "
+                    ">= 0 and not all 0"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,8 +112,24 @@ def groups(spec: CoefficientSpec, parameter_names: Sequence[str]) -> Groups:
     return Groups(tuple(order), assignment)
 
 
+# softmax's raw value of a zero initial weight: e^-9.2 = 1e-4 of a weight-1 checkpoint
+ZERO_WEIGHT_FLOOR = 1e-4
+
+
 def initial_raw(spec: CoefficientSpec, num_groups: int, num_checkpoints: int) -> np.ndarray:
-    """float32[G, K]: every coefficient `init` (task vectors), or uniform 1/K (simplex)."""
+    """float32[G, K]: every coefficient `init` (task vectors), or uniform 1/K (simplex), or
+    `init_weights` in every row (their raw preimage: log w for softmax, w for the rest)."""
+    if spec.init_weights is not None:
+        weights = np.asarray(spec.init_weights, np.float64)
+        if weights.shape != (num_checkpoints,):
+            raise InputError(
+                f"--init_weights: {weights.size} value(s) for {num_checkpoints} checkpoints"
+            )
+        if spec.space == "simplex":
+            weights = weights / weights.sum()
+            if spec.simplex_map == "softmax":
+                weights = np.log(np.maximum(weights, ZERO_WEIGHT_FLOOR * weights.max()))
+        return np.tile(weights.astype(np.float32), (num_groups, 1))
     if spec.space == "simplex":
         if spec.init is not None:
             raise InputError("--init applies to --space task_vector (the simplex starts at 1/K)")

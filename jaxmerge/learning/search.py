@@ -57,13 +57,21 @@ class _Normal:
         return self.rng.standard_normal(shape)
 
 
-def _new_state(x0: np.ndarray, sigma0: float, popsize: int | None, seed: int) -> dict:
+def _new_state(
+    x0: np.ndarray, sigma0: float, popsize: int | None, seed: int, generations: int
+) -> dict:
     options = {
         "seed": math.nan,  # cma seeds np.random otherwise; `randn` is ours
         "randn": _Normal(seed),
         "verbose": -9,
         "verb_log": 0,
         "signals_filename": "",  # no reading of ./cma_signals.in
+        # Scores on a few hundred rows are discrete: a generation of equal fitnesses is
+        # a plateau to cross, not convergence; cma's defaults stop at the first one (its
+        # range of fitnesses is under tolfun). The caller's `generations` bounds the run.
+        "tolflatfitness": max(generations, 1),
+        "tolfun": 0.0,
+        "tolfunhist": 0.0,
     }
     if popsize is not None:
         options["popsize"] = popsize
@@ -115,7 +123,7 @@ def search(
       sigma0: the initial step size σ, in x's units.
       popsize: λ, candidates per generation; default cma's 4 + ⌊3 ln N⌋ (6 for N = 1).
       generations: run until this many generations are done in all (fewer if cma's own
-        termination criteria fire, e.g. a flat fitness).
+        termination criteria fire; generations of equal fitness do not stop it).
       seed: the same seed gives the same candidates, so the same history.
       state_path: if given, {es, history, best} is pickled there (atomically) after
         every generation, and a search finding the file continues from it: killed and
@@ -146,7 +154,7 @@ def search(
     if state_path is not None and pathlib.Path(state_path).exists():
         state = _load_state(pathlib.Path(state_path), setup)
     else:
-        state = {**_new_state(start, sigma0, popsize, seed), "setup": setup}
+        state = {**_new_state(start, sigma0, popsize, seed, generations), "setup": setup}
     es, history = state["es"], state["history"]
     while len(history) < generations and not es.stop():
         candidates = es.ask()
