@@ -162,13 +162,18 @@ def main(argv=None) -> None:
     best_rival = max(rivals, key=lambda r: r["test_objective"])
     met = optimized["test_objective"] > best_rival["test_objective"]
     verdict = "met" if met else "not met"
+    rows_scored = sum(test.num_examples[t] for t in objective)
+    p = optimized["test_objective"] / 100
+    standard_error = 100 * (p * (1 - p) / rows_scored) ** 0.5  # binomial, of one score
     print(
         f"optimized {optimized['test_objective']:.1f} vs best other ({best_rival['merge']}) "
-        f"{best_rival['test_objective']:.1f} on the test objective: bar {verdict}"
+        f"{best_rival['test_objective']:.1f} on the test objective: bar {verdict} "
+        f"({rows_scored} test rows: one score's standard error is {standard_error:.1f} points)"
     )
     seconds = time.perf_counter() - start
     print(f"{seconds / 60:.1f} min")
     record = {"objective": objective, "pool": paths, "rows": rows, "met": met, "seconds": seconds}
+    record["test_rows"], record["standard_error"] = rows_scored, standard_error
     record["search"] = {"start": args.start, "sigma": args.sigma, "generations": args.generations}
     record["search"].update(popsize=args.popsize, max_examples=args.max_examples)
     (root / "recycle" / f"{name_tag}.json").write_text(json.dumps(record, indent=1))

@@ -346,11 +346,9 @@ def check(kill, outcome: Outcome, *, must_die: bool = True):
     if must_die:
         assert outcome.status == -signal.SIGKILL, f"{kill} not reached:\n{outcome.stderr[-3000:]}"
     assert outcome.output_after_kill in ("none", "complete", "old"), outcome.output_after_kill
+    assert outcome.rerun_status == 0, outcome.rerun_printed
     if outcome.output_after_kill == "complete" and not kill.overwrite:  # finished: kept as is
-        assert outcome.rerun_status == 2, outcome.rerun_printed
-        assert "exists and is not empty" in outcome.rerun_printed, outcome.rerun_printed
-    else:
-        assert outcome.rerun_status == 0, outcome.rerun_printed
+        assert "already merged" in outcome.rerun_printed, outcome.rerun_printed
     assert outcome.rerun_matches, f"{kill}: the re-run's output differs from an uninterrupted run"
     if outcome.journaled:  # every parameter journaled is kept, none redone
         resumed = f"resuming: {outcome.journaled} of {len(SHAPES)}"

@@ -3,6 +3,7 @@
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import time
@@ -297,6 +298,14 @@ def test_other_bad_inputs_exit_2(run_cli, tmp_path):
         assert result.returncode == 2, (label, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1, (label, result.stderr)
         assert message in result.stderr, (label, result.stderr)
+    done = run_cli("merge", "--method", "ties", *common, "--experts", *expert_paths)
+    assert done.returncode == 0, done.stderr
+    again = run_cli("merge", "--method", "ties", *common, "--experts", *expert_paths)
+    assert again.returncode == 0 and "already merged" in again.stdout, again.stderr
+    other = run_cli("merge", "--method", "ties", "--density", "0.5", *common, "--experts",
+                    *expert_paths)  # fmt: skip
+    assert other.returncode == 2 and "not empty" in other.stderr, other.stderr
+    shutil.rmtree(tmp_path / "out")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "precious").write_text("keep")
     result = run_cli("merge", "--method", "ties", *common, "--experts", *expert_paths)

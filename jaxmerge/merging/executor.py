@@ -1,6 +1,7 @@
 """The streaming executor: `merge_checkpoints(config)` runs one merge end to end."""
 
 import json
+import os
 import pathlib
 import sys
 import time
@@ -15,7 +16,7 @@ from jaxmerge.errors import writing
 from jaxmerge.merging import preflight
 from jaxmerge.merging.config import MergeConfig
 from jaxmerge.merging.kernels import Merger
-from jaxmerge.merging.manifest import manifest, operative_config, run_key
+from jaxmerge.merging.manifest import finished, manifest, operative_config, run_key
 from jaxmerge.merging.nonfinite import NonFiniteGuard
 from jaxmerge.merging.plan import default_budget, group_by_bytes, make_plan
 from jaxmerge.merging.thresholds import global_thresholds, tensor_thresholds, warm_up_host_select
@@ -124,6 +125,15 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     if spec.global_trim and mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu":
         warm_up_host_select({np.dtype(info.dtype) for info in base.params.values()})
     budget = config.memory_budget or default_budget(jax.local_devices())
+    key = run_key(config, readers)
+    if not config.overwrite and output.is_dir() and any(output.iterdir()):
+        done = finished(output, key)  # preflight let a finished merge's OUT through
+        for _, reader in readers:
+            reader.close()
+        if done is None:
+            raise preflight.output_exists(output)
+        log(f"already merged: {done} holds this merge (same inputs and settings)")
+        return done
     with writing(output):
         writer = checkpoints.create(
             output,
@@ -133,7 +143,7 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             reference=plan.reference if plan.output_format == "safetensors" else None,
             max_shard_bytes=config.max_shard_bytes,
             resume=True,
-            run_key=run_key(config, readers),  # resumes only a killed run of this same merge
+            run_key=key,  # resumes only a killed run of this same merge
             overwrite=config.overwrite,
         )
     progress = _Progress(quiet)
@@ -239,7 +249,8 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
                 out.write(name, merged)
                 del merged
         wall = time.perf_counter() - start
-        info = manifest(config, plan, readers, wall)
+        checkpoint = os.path.relpath(pathlib.Path(writer.path).resolve(), output)  # or "."
+        info = manifest(config, plan, readers, wall, key, checkpoint)
         with writing(output):
             final = writer.finalize(
                 extra_files={

@@ -41,9 +41,12 @@ def run_key(config: MergeConfig, readers) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def manifest(config, plan, readers, wall_seconds: float) -> dict:
-    """What was merged, how, with what, and what it cost."""
+def manifest(config, plan, readers, wall_seconds: float, key: str, checkpoint: str) -> dict:
+    """What was merged, how, with what, and what it cost; `key` is the run key and
+    `checkpoint` where the checkpoint lies inside OUT ("checkpoint_<step>" or ".")."""
     return {
+        "run_key": key,
+        "checkpoint": checkpoint,
         "jaxmerge_version": jaxmerge.__version__,
         "jax_version": jax.__version__,
         "python": platform.python_version(),
@@ -72,6 +75,18 @@ def manifest(config, plan, readers, wall_seconds: float) -> dict:
         "wall_seconds": round(wall_seconds, 3),
         "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
     }
+
+
+def finished(output: pathlib.Path, key: str) -> pathlib.Path | None:
+    """The checkpoint in OUT if OUT is a finished merge with this run key, else None."""
+    try:
+        saved = json.loads((pathlib.Path(output) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(saved, dict) or saved.get("run_key") != key:
+        return None
+    checkpoint = (pathlib.Path(output) / str(saved.get("checkpoint", "."))).resolve()
+    return checkpoint if checkpoint.exists() else None
 
 
 def operative_config(config: MergeConfig) -> str:

@@ -155,6 +155,10 @@ def _dry_run(config, spec: MergeMethod, hparams: dict) -> None:
         raise InputError(f"merge config: {e}") from None
 
 
+def output_exists(output: pathlib.Path) -> InputError:
+    return InputError(f"--output {output}: exists and is not empty; pass --overwrite to replace it")
+
+
 def _nearest_existing(path: pathlib.Path) -> pathlib.Path:
     while not path.exists() and path != path.parent:
         path = path.parent
@@ -179,9 +183,8 @@ def check_output(config) -> None:
             raise InputError(f"--output {output}: exists and is not a directory")
         if not config.overwrite and any(output.iterdir()):
             checkpoints.remove_stale_lock(output)  # of a finished merge killed before cleanup
-            raise InputError(
-                f"--output {output}: exists and is not empty; pass --overwrite to replace it"
-            )
+            if not (output / "manifest.json").is_file():  # a merge's: its run key decides
+                raise output_exists(output)
     parent = _nearest_existing(output.parent)  # the staging sibling is made there
     if not parent.is_dir():
         raise InputError(f"--output {output}: {parent} is not a directory")
