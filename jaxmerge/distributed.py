@@ -12,7 +12,8 @@ from, first match wins:
    JAXMERGE_PROCESS_ID (what `launch/local.sh` sets);
 3. `--distributed=auto` / JAXMERGE_DISTRIBUTED=auto, or a SLURM step of more than one task
    (SLURM_STEP_NUM_TASKS > 1 and SLURM_PROCID set, as `srun` sets them; a batch script
-   itself is one process): JAX's own cluster detection
+   itself is one process), or a multi-host TPU slice that names its workers
+   (TPU_WORKER_HOSTNAMES with more than one host): JAX's own cluster detection
    (`jax.distributed.initialize()` with no arguments), which reads a TPU VM's metadata,
    SLURM's variables or GKE's, as t5x's and big_vision's launchers rely on;
 4. otherwise one process, and nothing is initialized.
@@ -100,7 +101,8 @@ def resolve(
             return Settings()
         return Settings(coordinator_address, num_processes, process_id)
     slurm_tasks = _int(env.get("SLURM_STEP_NUM_TASKS"), "SLURM_STEP_NUM_TASKS") or 1
-    if mode == "auto" or (slurm_tasks > 1 and "SLURM_PROCID" in env):
+    tpu_hosts = [h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]
+    if mode == "auto" or (slurm_tasks > 1 and "SLURM_PROCID" in env) or len(tpu_hosts) > 1:
         return Settings(auto=True)
     return Settings()
 

@@ -35,6 +35,9 @@ def test_slurm_step_and_auto_use_jax_cluster_detection():
     batch_script = {"SLURM_NTASKS": "8", "SLURM_PROCID": "0"}  # sbatch itself, not srun
     assert distributed.resolve(environ=batch_script) == Settings()
     assert distributed.resolve(mode="auto", environ={}) == Settings(auto=True)
+    pod = {"TPU_WORKER_HOSTNAMES": "10.0.0.2,10.0.0.3"}
+    assert distributed.resolve(environ=pod) == Settings(auto=True)
+    assert distributed.resolve(environ={"TPU_WORKER_HOSTNAMES": "10.0.0.2"}) == Settings()
     assert distributed.resolve(environ={"JAXMERGE_DISTRIBUTED": "auto"}) == Settings(auto=True)
     assert distributed.resolve(mode="off", environ=slurm) == Settings()
 
