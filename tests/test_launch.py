@@ -33,28 +33,20 @@ def _env(**extra) -> dict:
     return {**env, **extra}
 
 
+def _run(argv, env: dict, timeout: float = 240) -> subprocess.CompletedProcess:
+    argv = [str(a) for a in argv]
+    kwargs = dict(capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    return subprocess.run(argv, timeout=timeout, env=env, **kwargs)
+
+
 def _local(n: int, *command, timeout: float = 240, **env) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        ["bash", LOCAL, str(n), *map(str, command)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=_env(**env),
-        stdin=subprocess.DEVNULL,
-    )
+    return _run(["bash", LOCAL, n, *command], _env(**env), timeout)
 
 
 def _one_process(*command, timeout: float = 240) -> subprocess.CompletedProcess:
     """The same command as one process with 8 CPU devices."""
     env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
-    return subprocess.run(
-        [*JAXMERGE, *map(str, command)],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-        stdin=subprocess.DEVNULL,
-    )
+    return _run([*JAXMERGE, *command], env, timeout)
 
 
 def test_dry_run_prints_each_process_command():
