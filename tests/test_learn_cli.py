@@ -62,7 +62,10 @@ def test_learn_writes_the_merge_it_scored(tmp_path, pool, search):
     assert summary["history"]
     assert summary["fitness"] == _merged_fitness(summary)  # the bytes on disk were scored
     assert not (out / "state").exists()
-    assert main(argv) == 2  # a finished run is not redone without --overwrite
+    mtime = (out / "coefficients.json").stat().st_mtime_ns
+    assert main(argv) == 0  # the same run, finished: said so, not redone
+    assert (out / "coefficients.json").stat().st_mtime_ns == mtime
+    assert main([*argv, "--seed", "3"]) == 2  # another run over it needs --overwrite
 
 
 def test_ties_preprocessing_writes_the_merge_it_scored(tmp_path, pool):

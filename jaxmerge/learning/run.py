@@ -133,7 +133,10 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
     output = pathlib.Path(config.output).absolute()
     summary_file = output / "coefficients.json"
     if summary_file.exists() and not config.overwrite:
-        raise InputError(f"{output}: holds a finished run (--overwrite replaces it)")
+        if (done := _finished(summary_file, config)) is not None:
+            log(f"already learned: {output} holds this run (same inputs and settings)")
+            return done
+        raise InputError(f"{output}: holds another finished run (--overwrite replaces it)")
     spec = config.coefficients
     model_config = eval_run.model_config(config.experts[0])
     partitioner = Partitioner(num_partitions=config.num_partitions)
@@ -284,6 +287,19 @@ def learn(config: LearnConfig, *, log: Callable[[str], None] = print) -> dict:
         shutil.rmtree(state_dir, ignore_errors=True)
     barrier(f"learned:{output}")
     return summary
+
+
+def _finished(summary_file: pathlib.Path, config: LearnConfig) -> dict | None:
+    """The summary in OUT if it is a finished run of this very config, else None."""
+    try:
+        saved = json.loads(summary_file.read_text())
+    except (OSError, ValueError):
+        return None
+    mine = _json_config(dataclasses.replace(config, overwrite=False))
+    theirs = saved.get("config") if isinstance(saved, dict) else None
+    if not isinstance(theirs, dict) or {**theirs, "overwrite": False} != mine:
+        return None
+    return saved
 
 
 def _write_pool(pool, directory: pathlib.Path) -> tuple[str, ...]:
