@@ -8,6 +8,7 @@ once, at the end. It is traceable: `jax.jit(merge_trees, static_argnames=...)`
 and `jax.eval_shape` work.
 """
 
+import functools
 import inspect
 import zlib
 from collections.abc import Sequence
@@ -110,14 +111,20 @@ def global_thresholds(experts: Sequence[PyTree], base: PyTree, density: float) -
     base_leaves = jax.tree_util.tree_leaves(base)
     n = sum(int(np.prod(leaf.shape)) for leaf in base_leaves)
     k = select.count_for_fraction(density, n)
-    thresholds = []
-    for expert in experts:
-        task_vectors = [
-            as_float32(e) - as_float32(b)
-            for e, b in zip(jax.tree_util.tree_leaves(expert), base_leaves, strict=True)
-        ]
-        thresholds.append(select.kth_largest_magnitude(task_vectors, k))
-    return thresholds
+    return [
+        _expert_threshold(jax.tree_util.tree_leaves(expert), base_leaves, k) for expert in experts
+    ]
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _expert_threshold(expert_leaves, base_leaves, k: int) -> jax.Array:
+    """The k-th largest |θᵢ − θ₀| over one expert's leaves, jitted with the leaves as
+    arguments. Called eagerly, `kth_largest_magnitude`'s cond compiled anew for every
+    expert with its task vectors as constants; a learn_quality run at micro, after a
+    25-cell TIES grid of such merges, segfaulted in XLA's compiler on the next one."""
+    pairs = zip(expert_leaves, base_leaves, strict=True)
+    task_vectors = [as_float32(e) - as_float32(b) for e, b in pairs]
+    return select.kth_largest_magnitude(task_vectors, k)
 
 
 def merge_trees(
