@@ -39,6 +39,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxmerge import sharding as sharding_lib
 from jaxmerge import summaries
+from jaxmerge.checkpoints.staging import barrier, is_primary
 from jaxmerge.errors import CheckpointError, InputError
 from jaxmerge.models import params as param_utils
 from jaxmerge.models import t5
@@ -148,7 +149,6 @@ def save_checkpoint(model_dir, step: int, params, opt_state) -> pathlib.Path:
     import flax.serialization
 
     from jaxmerge import checkpoints
-    from jaxmerge.checkpoints.staging import barrier, is_primary
 
     model_dir = pathlib.Path(model_dir).absolute()
     flat = param_utils.flatten(params)
@@ -367,10 +367,10 @@ def train(
     )
     init = jax.jit(init_state, out_shardings=(param_shardings, opt_shardings))
 
-    if jax.process_index() == 0:
+    if is_primary():
         for stale in model_dir.glob(".checkpoint_*.staging*"):  # from a run killed mid-save
             shutil.rmtree(stale, ignore_errors=True)
-    _barrier(f"cleaned:{model_dir}")
+    barrier(f"cleaned:{model_dir}")
     if (last := latest_checkpoint(model_dir)) is not None:
         params, step, opt_state = restore_checkpoint(
             last, flat_shardings, abstract_opt, opt_shardings
@@ -438,12 +438,6 @@ def train(
     return metrics
 
 
-def _barrier(tag: str) -> None:
-    from jaxmerge.checkpoints.staging import barrier
-
-    barrier(tag)
-
-
 TRAIN_STATS_FILE = "train_stats.json"
 
 
@@ -467,7 +461,7 @@ def _read_train_stats(model_dir: pathlib.Path, step: int) -> dict:
 
 def _write_train_stats(model_dir: pathlib.Path, stats: dict) -> None:
     tmp = model_dir / f".{TRAIN_STATS_FILE}.tmp"
-    if jax.process_index() == 0:
+    if is_primary():
         tmp.write_text(json.dumps(stats, indent=1) + "\n")
         os.replace(tmp, model_dir / TRAIN_STATS_FILE)
 

@@ -188,9 +188,11 @@ class Evaluator:
         self.num_data_builds = 0
         self._build_data(names, max_examples, log_dir)
         self._num_traces = 0
-        # Outputs replicated: np.asarray reads them on every process (a small all-gather).
-        self._predict = jax.jit(self._predict_tokens, out_shardings=self._replicated)
-        self._score = jax.jit(self._score_rows, out_shardings=self._replicated)
+        # Several processes: outputs replicated, so np.asarray reads them on every process
+        # (a small all-gather); one process reads its sharded outputs as before.
+        outputs = self._replicated if jax.process_count() > 1 else None
+        self._predict = jax.jit(self._predict_tokens, out_shardings=outputs)
+        self._score = jax.jit(self._score_rows, out_shardings=outputs)
         self.last_timing: Timing | None = None
         self._progress: Callable[[int], None] | None = None
 

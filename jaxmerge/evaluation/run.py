@@ -29,9 +29,7 @@ import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
 
-import jax
-
-from jaxmerge.checkpoints.staging import barrier
+from jaxmerge.checkpoints.staging import barrier, is_primary
 from jaxmerge.errors import InputError
 from jaxmerge.evaluation import normalize, references, vocab
 from jaxmerge.evaluation.normalize import HELD_IN, HELD_OUT, TaskRole
@@ -259,7 +257,7 @@ def evaluate_checkpoints(
         for m in models
     }
     results = EvalResults(output, models, roles, normalized)
-    if jax.process_index() == 0:  # several processes computed the same numbers
+    if is_primary():  # several processes computed the same numbers
         _write(results, task_names, config, key, extra_files or {})
     barrier(f"evaluated:{output}")
     return results
@@ -311,7 +309,7 @@ def _score(config, model: Model, task_names, evaluators, cache_dir, log, progres
         raise InputError(f"{model.path}: {e}") from None
     model.metrics = {task: metrics[name] for task, name in zip(task_names, names, strict=True)}
     model.seconds = time.perf_counter() - start
-    if jax.process_index() == 0:
+    if is_primary():
         cache.put(model.fingerprint, model.metrics)
     examples = sum(evaluator.num_examples.values())
     rate = f", {examples / model.seconds:.1f} examples/s" if model.seconds else ""

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxmerge.checkpoints.staging import is_primary
 from jaxmerge.learning import coefficients as coef_lib
 from jaxmerge.models import params as params_lib
 from jaxmerge.models import t5
@@ -149,7 +150,7 @@ def fit(
         return patience is not None and state["stale"] >= patience
 
     def save() -> None:
-        if state_dir is not None and jax.process_index() == 0:
+        if state_dir is not None and is_primary():
             _save(state_dir, {**state, "raw": raw, "opt_state": opt_state,
                               "step_of_blob": state["step"]})  # fmt: skip
 

@@ -35,6 +35,7 @@ from collections.abc import Callable, Mapping
 import jax
 import numpy as np
 
+from jaxmerge.checkpoints.staging import is_primary
 from jaxmerge.errors import InputError
 from jaxmerge.evaluation import normalize
 from jaxmerge.learning import coefficients as coefficients_lib
@@ -94,7 +95,7 @@ def _load_state(state_path: pathlib.Path, setup: dict) -> dict:
 
 
 def _save_state(state_path: pathlib.Path, state: dict) -> None:
-    if jax.process_index() != 0:  # every process holds the same search; one writes it
+    if not is_primary():  # every process holds the same search; one writes it
         return
     tmp = state_path.with_name(state_path.name + ".tmp")
     with tmp.open("wb") as f:

@@ -118,15 +118,9 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
     readers = ([("base", base)] if base is not None else []) + [
         (f"expert {i}", r) for i, r in enumerate(experts)
     ]
-    preflight.check_inputs(config, base, experts)
-    plan = make_plan(config, base, experts)
-    preflight.check_shared_base(config, base, experts)
-    mesh = sharding.make_mesh()
-    if spec.global_trim and mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu":
-        warm_up_host_select({np.dtype(info.dtype) for info in base.params.values()})
-    budget = config.memory_budget or default_budget(jax.local_devices())
     key = run_key(config, readers)
     if not config.overwrite and output.is_dir() and any(output.iterdir()):
+        # Before the checks that read weights and the warm-ups: a finished merge is done.
         done = finished(output, key)  # preflight let a finished merge's OUT through
         for _, reader in readers:
             reader.close()
@@ -134,6 +128,13 @@ def merge_checkpoints(config: MergeConfig, *, quiet: bool = False, log=print) ->
             raise preflight.output_exists(output)
         log(f"already merged: {done} holds this merge (same inputs and settings)")
         return done
+    preflight.check_inputs(config, base, experts)
+    plan = make_plan(config, base, experts)
+    preflight.check_shared_base(config, base, experts)
+    mesh = sharding.make_mesh()
+    if spec.global_trim and mesh.devices.size == 1 and mesh.devices.flat[0].platform == "cpu":
+        warm_up_host_select({np.dtype(info.dtype) for info in base.params.values()})
+    budget = config.memory_budget or default_budget(jax.local_devices())
     with writing(output):
         writer = checkpoints.create(
             output,
