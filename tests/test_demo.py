@@ -8,7 +8,9 @@ from jaxmerge.methods import METHODS
 
 
 def test_demo_merges_with_every_method_and_the_engine(run_cli, tmp_path):
-    result = run_cli("demo", "--output", tmp_path, "--layers", "1", "--hidden", "16")
+    result = run_cli(
+        "demo", "--merge_only", "--output", tmp_path, "--layers", "1", "--hidden", "16"
+    )
     assert result.returncode == 0, result.stderr
     for name in METHODS:
         assert name in result.stdout
@@ -21,6 +23,6 @@ def test_demo_merges_with_every_method_and_the_engine(run_cli, tmp_path):
 
 
 def test_demo_rejects_a_single_expert(run_cli, tmp_path):
-    result = run_cli("demo", "--output", tmp_path, "--experts", "1")
+    result = run_cli("demo", "--merge_only", "--output", tmp_path, "--experts", "1")
     assert result.returncode == 2
     assert result.stderr.strip().endswith("--experts=1: the demo needs at least 2 experts")

@@ -1,7 +1,17 @@
-"""`jaxmerge demo`: generate a small base and experts, merge them with every method.
+"""`jaxmerge demo`: the study on its embedded default grid, or a quick synthetic merge.
 
-The checkpoints are written as Hugging Face safetensors directories under
-`--output` (default `demo_output/`): a bf16 Llama-shaped base θ₀ and K experts
+    jaxmerge demo                 # what `make demo` runs
+    jaxmerge demo --merge_only    # the quick one: synthetic checkpoints, every method
+
+Without flags it runs `jaxmerge study --gin_file=gin_configs/study/demo.gin --output
+demo_output`: experts fine-tuned live from the shipped small bases (assets/demo_bases/)
+at two sizes, merged 2 and 4 at a time from both base kinds with average, task
+arithmetic, TIES, DARE-TIES and learned coefficients, scored held-in and held-out, and
+reported (the table on the console; demo_output/report.md and figures/). A second run
+reuses every cached model and cell.
+
+`--merge_only` writes Hugging Face safetensors directories under `--output`: a bf16
+Llama-shaped base θ₀ and K experts
 
     θᵢ = θ₀ + s + pᵢ
 
@@ -15,7 +25,7 @@ task vector τ = θ − θ₀:
     shared kept  ⟨τ, s⟩ / ⟨s, s⟩                         (1 = s once; K = once per expert)
     error        ‖τ − τ*‖ / ‖τ*‖                          (0 = the ideal merge)
 
-with the time each jitted in-memory merge took. Then the main job: the merge
+with the time each jitted in-memory merge took. Then the merge
 engine (`jaxmerge merge`) merges the checkpoints on disk with TIES, as the
 command line would, and writes `<output>/merged/`.
 """
@@ -29,8 +39,16 @@ import numpy as np
 DEFAULT_OUTPUT = "demo_output"
 
 
+STUDY_GIN = "gin_configs/study/demo.gin"
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="directory for all checkpoints")
+    parser.add_argument("--output", default=DEFAULT_OUTPUT, help="directory for everything")
+    parser.add_argument(
+        "--merge_only",
+        action="store_true",
+        help="the quick demo: merge synthetic checkpoints with every method (no training)",
+    )
     parser.add_argument("--experts", type=int, default=3, help="number of experts (≥ 2)")
     parser.add_argument("--layers", type=int, default=2, help="transformer layers in the model")
     parser.add_argument("--hidden", type=int, default=64, help="hidden size")
@@ -93,6 +111,22 @@ def scores(merged, base, shared, privates) -> tuple[float, float, float]:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.merge_only:
+        return run_merge_only(args)
+    from jaxmerge.cli import study
+
+    study_args = argparse.Namespace(
+        **{n: None for n in (*study.LIST_FLAGS, "categories", "max_examples")},
+        gin_file=[STUDY_GIN],
+        gin_bindings=[],
+        output=args.output,
+        report_only=False,
+        verbosity=args.verbosity,
+    )
+    return study.run(study_args)
+
+
+def run_merge_only(args: argparse.Namespace) -> int:
     import functools
 
     import jax

@@ -21,12 +21,13 @@ from jaxmerge.errors import InputError
 # name -> (module, one-line help). A command module keeps its heavy imports (seqio,
 # TensorFlow, models) inside run(), so building the parser stays cheap.
 COMMANDS = {
-    "demo": ("jaxmerge.cli.demo", "merge small generated checkpoints with every method"),
+    "demo": ("jaxmerge.cli.demo", "the study on its embedded default (--merge_only: quick)"),
     "merge": ("jaxmerge.cli.merge", "merge a base and experts into one checkpoint"),
     "inspect": ("jaxmerge.cli.inspect", "show a checkpoint's format, step, parameters and size"),
     "train": ("jaxmerge.cli.train", "pre-train or fine-tune a T5 1.1 model (T5X gin)"),
     "eval": ("jaxmerge.cli.eval", "score checkpoints on seqio tasks, normalized as the paper"),
     "learn": ("jaxmerge.cli.learn", "learn merge coefficients (optax or CMA-ES) and merge"),
+    "study": ("jaxmerge.cli.study", "the paper's grid: models, merges, scores, report"),
 }
 
 

@@ -17,6 +17,8 @@ Registered names (call `register()` once; it is idempotent):
                                     trade tasks off against each other)
   jaxmerge_instructions_<family>    one family of instruction tasks (instructions.FAMILIES)
   jaxmerge_pretrain, jaxmerge_instructions, jaxmerge_held_in, jaxmerge_held_out
+  jaxmerge_held_in_of_<c1>__<c2>…   the datasets of some held-in categories, registered
+                                    on demand by `held_in_mixture` (a study's suite)
 """
 
 import functools
@@ -252,3 +254,24 @@ def register() -> None:
         ],
     )
     add_mixture("jaxmerge_pretrain", ["jaxmerge_pretrain_corpus"])
+
+
+def held_in_mixture(categories) -> str:
+    """The name of a mixture of these held-in categories' datasets, registered if new:
+    `jaxmerge_held_in` for all of them, `jaxmerge_held_in_<c>` for one, else
+    `jaxmerge_held_in_of_<c1>__<c2>…` in the order of `held_in.CATEGORIES`."""
+    import seqio
+
+    register()
+    unknown = sorted(set(categories) - set(held_in.CATEGORIES))
+    if unknown or not categories:
+        raise ValueError(f"held-in categories {unknown or '[]'}: not in {list(held_in.CATEGORIES)}")
+    ordered = [c for c in held_in.CATEGORIES if c in set(categories)]
+    if len(ordered) == len(held_in.CATEGORIES):
+        return "jaxmerge_held_in"
+    if len(ordered) == 1:
+        return f"jaxmerge_held_in_{ordered[0]}"
+    name = "jaxmerge_held_in_of_" + "__".join(ordered)
+    if name not in seqio.MixtureRegistry.names():
+        seqio.MixtureRegistry.add(name, [f"jaxmerge_held_in_{c}" for c in ordered], 1.0)
+    return name

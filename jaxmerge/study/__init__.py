@@ -1,0 +1,1 @@
+"""The paper's study: grid -> results table -> report."""

@@ -1,0 +1,167 @@
+"""`jaxmerge study`: a micro grid end to end, resumed after a kill, the report from the
+table alone, and grids that cannot run."""
+
+import json
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from jaxmerge.errors import InputError
+from jaxmerge.study import config as study_config
+from jaxmerge.study import table
+from tests.conftest import REPO_ROOT
+
+MICRO = "gin_configs/study/micro.gin"
+
+
+def _table(directory: pathlib.Path) -> list[dict]:
+    rows = table.read_table(directory / "results.csv")
+    return sorted(json.dumps(r, sort_keys=True) for r in rows)
+
+
+@pytest.fixture(scope="module")
+def micro_study(tmp_path_factory):
+    """The micro grid, run once for the module: (output, completed process)."""
+    out = tmp_path_factory.mktemp("study")
+    result = _cli("study", f"--gin_file={MICRO}", "--output", out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def _env():
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT) + os.pathsep + env.get("PYTHONPATH", "")
+    return env
+
+
+def _cli(*args, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "jaxmerge", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_micro_grid_gives_table_report_and_figures(micro_study):
+    out, result = micro_study
+    rows = table.read_table(out / "results.csv")
+    config = study_config.StudyConfig(
+        sizes=("nano", "micro"), num_experts=(1, 2), methods=("average", "ties", "learned"),
+        categories=("sentiment", "topic"),
+    )  # fmt: skip
+    cells = {(r["size"], r["base"], r["num_experts"], r["seed"], r["method"]) for r in rows}
+    # 2 sizes x 2 bases x 2 expert counts x 1 seed x (3 methods + multitask)
+    assert len(cells) == 2 * 2 * 2 * 1 * 4
+    for r in rows:
+        experts = r["experts"].split("+")
+        assert len(experts) == r["num_experts"]
+        assert tuple(experts) == study_config.expert_subset(config.categories, len(experts), 0)
+        if r["kind"] == "held_in":
+            assert r["category"] in experts
+    assert {r["kind"] for r in rows} == {"held_in", "held_out"}
+    assert (out / "results.parquet").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    for n in range(1, 6):
+        assert f"**{n}." in report
+    for name in ("held_in_vs_size", "held_out_vs_size", "held_in_vs_experts"):
+        assert (out / "figures" / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert f"figures/{name}.png" in report
+    assert "experts at the bar" in result.stdout  # the quality check, printed
+    assert "report:" in result.stdout and "| size" in result.stdout  # the console summary
+    study = json.loads((out / "study.json").read_text())
+    assert set(study["quality"]) == {"nano", "micro"}
+
+
+def test_study_resumes_after_kill_with_the_same_table(micro_study, tmp_path):
+    out, _ = micro_study
+    work = tmp_path / "study"
+    shutil.copytree(out, work)
+    finished = sorted((work / "cells").rglob("*.json"))
+    for path in finished[len(finished) // 2 :]:  # as if killed before these cells ended
+        path.unlink()
+    (work / "results.csv").unlink()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jaxmerge", "study", f"--gin_file={MICRO}", "--output", work],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+    )
+    deadline = time.monotonic() + 300
+    for line in process.stdout:  # kill -9 once a cell is computed (not cached)
+        if line.startswith("  [") and "(cached)" not in line and " s;" in line:
+            break
+        assert time.monotonic() < deadline
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+    result = _cli("study", f"--gin_file={MICRO}", "--output", work)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "0 to make (all cached)" in result.stdout
+    assert "(cached)" in result.stdout
+    assert _table(work) == _table(out)
+    again = _cli("study", f"--gin_file={MICRO}", "--output", work)  # everything cached
+    computed = [x for x in again.stdout.splitlines() if x.startswith("  [") and "(cached)" not in x]
+    assert again.returncode == 0 and not computed
+    assert _table(work) == _table(out)
+
+
+def test_report_is_rebuilt_from_the_table_alone(micro_study, tmp_path):
+    out, _ = micro_study
+    shutil.copy(out / "results.csv", tmp_path / "results.csv")
+    result = _cli("study", "--output", tmp_path, "--report_only", timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "report.md").exists()
+    assert (tmp_path / "figures" / "held_in_vs_size.png").exists()
+    assert not (tmp_path / "models").exists()  # nothing was run
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"methods": ("average", "fancy")}, "StudyConfig.methods: unknown method 'fancy'"),
+        ({"sizes": ("nano", "gigantic")}, "StudyConfig.sizes: unknown size 'gigantic'"),
+        ({"categories": ("sentiment", "poetry")}, "unknown held-in category 'poetry'"),
+        ({"held_out": "jaxmerge_no_such_task"}, "StudyConfig.held_out: unknown task"),
+        ({"num_experts": (2, 9)}, "StudyConfig.num_experts: 9 experts"),
+        ({"bases": ("chat",)}, "StudyConfig.bases: unknown base 'chat'"),
+    ],
+)
+def test_bad_grids_are_refused_in_one_line(change, message):
+    import dataclasses
+
+    with pytest.raises(InputError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        study_config.check(dataclasses.replace(study_config.StudyConfig(), **change))
+
+
+def test_bad_grid_exits_2_before_any_work(tmp_path):
+    result = _cli(
+        "study", f"--gin_file={MICRO}", "--output", tmp_path, "--methods", "average", "fancy",
+        timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert (
+        result.stderr.strip().splitlines() == [result.stderr.strip().splitlines()[-1]]
+        and "unknown method 'fancy'" in result.stderr
+    )
+    assert not (tmp_path / "models").exists()
+
+
+def test_expert_subsets_are_nested_and_seeded():
+    categories = ("a", "b", "c", "d", "e", "f", "g", "h")
+    for seed in (0, 1):
+        subsets = [study_config.expert_subset(categories, k, seed) for k in (2, 4, 6, 8)]
+        for small, large in zip(subsets, subsets[1:], strict=False):
+            assert large[: len(small)] == small
+        assert sorted(subsets[-1]) == list(categories)
+    assert study_config.expert_subset(categories, 4, 0) != study_config.expert_subset(
+        categories, 4, 1
+    )
