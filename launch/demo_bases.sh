@@ -14,6 +14,7 @@ cd "$(dirname "$0")/.."
 OUT=${1:-assets/demo_bases}
 SIZES=${SIZES:-"nano micro"} PT_STEPS=${PT_STEPS:-2000} IT_STEPS=${IT_STEPS:-3000}
 SEED=${SEED:-0} PYTHON=${PYTHON:-python}
+WARMUP_STEPS=${WARMUP_STEPS:-$((IT_STEPS > 50 ? 50 : IT_STEPS - 1))}  # the recipe's 50
 for size in $SIZES; do
   work="$OUT/.work/$size"
   train() {
@@ -25,7 +26,8 @@ for size in $SIZES; do
   train --gin_file=gin_configs/runs/instruction_tune.gin \
     --gin.MODEL_DIR="'$work/instruction_tuned'" \
     --gin.INITIAL_CHECKPOINT_PATH="'$work/pretrained/checkpoint_$PT_STEPS'" \
-    --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
+    --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS" \
+    --gin.LR_WARMUP_STEPS="$WARMUP_STEPS"
   for base in pretrained instruction_tuned; do
     step=$PT_STEPS
     [ "$base" = pretrained ] || step=$((PT_STEPS + IT_STEPS))

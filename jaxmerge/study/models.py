@@ -222,7 +222,7 @@ def build(
     todo = [m for m in models if not m.done]
     if not todo:
         return
-    remaining_steps = sum(m.step - (m.parent.step if m.parent else 0) for m in todo)
+    remaining_steps = sum(m.step - (m.parent.step if m.parent else 0) for m in todo if m.recipe)
     seconds_per_step: dict[str, float] = {}
     for i, m in enumerate(todo, 1):
         start = time.perf_counter()

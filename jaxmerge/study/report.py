@@ -480,7 +480,12 @@ def _value(value) -> str:
 
 def _quality(quality: Mapping) -> list[str]:
     """A table per size of what the models reached before merging; missing keys skipped."""
-    lines = ["## Quality of the ingredients", ""]
+    lines = [
+        "## Quality of the ingredients",
+        "",
+        "Validation accuracy in percent, before any merge (issue 13's bars).",
+        "",
+    ]
     for size, q in quality.items():
         if not isinstance(q, Mapping):
             continue
@@ -489,19 +494,37 @@ def _quality(quality: Mapping) -> list[str]:
             met, total = q.get("experts_met", "?"), q.get("experts_total", "?")
             rows.append(("experts that met their bar", f"{met} of {total}"))
         for base, value in (q.get("base_held_out") or {}).items():
-            rows.append((f"{BASE_NAMES.get(base, base)} base, zero-shot held-out", _value(value)))
+            rows.append((f"{BASE_NAMES.get(base, base)} base, zero-shot held-out", _pct(value)))
         if "held_out_majority" in q:
-            rows.append(("held-out, majority-class baseline", _value(q["held_out_majority"])))
+            rows.append(("held-out, majority-class baseline", _pct(q["held_out_majority"])))
         for base, scores in (q.get("multitask") or {}).items():
             for kind, value in (scores or {}).items():
                 name = kind.replace("_", "-")
-                rows.append((f"multitask ({BASE_NAMES.get(base, base)}), {name}", _value(value)))
+                rows.append((f"multitask ({BASE_NAMES.get(base, base)}), {name}", _pct(value)))
         known = {"experts_met", "experts_total", "base_held_out", "held_out_majority", "multitask"}
+        known |= {"experts"}
         rows += [(key, _value(value)) for key, value in q.items() if key not in known]
         lines += [f"### {size}", "", "| measure | value |", "|---|---:|"]
         lines += [f"| {name} | {value} |" for name, value in rows]
         lines.append("")
+        experts = [e for e in q.get("experts") or [] if isinstance(e, Mapping)]
+        if experts:  # validation accuracy (percent) on the expert's own category
+            lines += [
+                "| expert | own category | majority answer | bar (halfway to 100) | met |",
+                "|---|---:|---:|---:|---|",
+            ]
+            lines += [
+                f"| {e.get('model', '?')} | {_pct(e.get('accuracy'))} | "
+                f"{_pct(e.get('majority'))} | {_pct(e.get('halfway'))} | "
+                f"{'yes' if e.get('met') else 'no'} |"
+                for e in experts
+            ]
+            lines.append("")
     return lines
+
+
+def _pct(value) -> str:
+    return f"{value:.1f}" if isinstance(value, int | float) else "n/a"
 
 
 def _duration(seconds: float | None) -> str:
