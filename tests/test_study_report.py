@@ -161,8 +161,21 @@ def test_figures_are_pngs(tmp_path, grid):
 def test_build_report_is_deterministic_and_complete(tmp_path):
     write_table(make_table(), tmp_path)
     quality = {
-        "nano": {"experts_met": 3, "experts_total": 4, "base_held_out": {"pretrained": 0.5}},
-        "micro": {"multitask": {"instruction_tuned": {"held_in": 0.9, "held_out": 1.02}}},
+        "nano": {
+            "experts_met": 3,
+            "experts_total": 4,
+            "base_held_out": {"pretrained": 50.0},
+            "experts": [
+                {
+                    "model": "expert/pretrained/topic",
+                    "accuracy": 94.2,
+                    "majority": 25.7,
+                    "halfway": 62.8,
+                    "met": True,
+                }
+            ],
+        },
+        "micro": {"multitask": {"instruction_tuned": {"held_in": 90.0, "held_out": 61.25}}},
     }
     meta = {"command": "jaxmerge study --gin_file=tiny.gin", "seconds": 4000, "quality": quality}
     (tmp_path / "study.json").write_text(json.dumps(meta))
@@ -173,7 +186,8 @@ def test_build_report_is_deterministic_and_complete(tmp_path):
         "`jaxmerge study --gin_file=tiny.gin`",
         "4000 s (1.1 h)",
         "| experts that met their bar | 3 of 4 |",
-        "| multitask (instruction-tuned), held-out | 1.020 |",
+        "| expert/pretrained/topic | 94.2 | 25.7 | 62.8 | yes |",
+        "| multitask (instruction-tuned), held-out | 61.2 |",
         "| nano | 74,240 | pretrained | 2 | average | 0.440 | 1.050 | 2 |",
         "**1. A strong base merges better: holds.**",
         "**5. Methods converge at scale: holds.**",

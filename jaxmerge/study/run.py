@@ -111,7 +111,7 @@ def run_study(
         f"{len(config.num_experts)} expert counts x {len(config.seeds)} seeds x "
         f"{len(config.methods)} methods (+ multitask): {n_cells} cells -> {root}"
     )
-    all_rows, qualities, done = [], {}, 0
+    all_rows, qualities, done, cell_seconds = [], {}, 0, []
     for size in config.sizes:
         models = models_lib.plan(config, size, root)
         todo = sum(not m.done for m in models)
@@ -147,11 +147,15 @@ def run_study(
                     lam[(cell.num_experts, cell.seed)] = result["hyperparameters"].get("lam")
                 all_rows.extend(result["rows"])
                 done += 1
+                if not cached:
+                    cell_seconds.append(result["seconds"])
                 elapsed = time.perf_counter() - start
+                left = (n_cells - done) * sum(cell_seconds) / max(1, len(cell_seconds))
                 log(
                     f"  [{done}/{n_cells}] {cell.label}: {_gist(result)}"
                     + (" (cached)" if cached else f", {result['seconds']:.1f} s")
                     + f"; {elapsed / 60:.1f} min so far"
+                    + (f", cells left about {left / 60:.1f} min" if left else "")
                 )
     table.write_table(all_rows, root)
     seconds = time.perf_counter() - start
