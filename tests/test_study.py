@@ -192,3 +192,20 @@ def test_demo_bases_are_rebuilt_by_their_recipe(tmp_path):
                 n: i.shape for n, i in old.params.items()
             }
     assert not (tmp_path / "bases" / ".work").exists()
+
+
+@pytest.mark.parametrize(
+    "gin_file", sorted(p.name for p in (REPO_ROOT / "gin_configs/study").glob("*.gin"))
+)
+def test_every_study_gin_gives_a_grid_that_can_run(gin_file):
+    """The demo's, the tests' and the reports' grids parse and pass the checks (the demo's
+    shipped bases included), without running them."""
+    import argparse
+
+    from jaxmerge.cli import study as study_cli
+
+    flags = {n: None for n in (*study_cli.LIST_FLAGS, "categories", "max_examples")}
+    args = argparse.Namespace(gin_file=[f"gin_configs/study/{gin_file}"], gin_bindings=[], **flags)
+    config = study_cli.config_from(args)
+    study_config.check(config)
+    assert config.sizes and config.methods
