@@ -172,16 +172,8 @@ def run_study(
 
 
 def _gist(result: dict) -> str:
-    rows = result["rows"]
-
-    def mean(kind):
-        by_category = {}
-        for r in rows:
-            if r["kind"] == kind and not math.isnan(r["normalized"]):
-                by_category.setdefault(r["category"], []).append(r["normalized"])
-        values = [sum(v) / len(v) for v in by_category.values()]
-        return sum(values) / len(values) if values else math.nan
-
+    """One cell's held-in and held-out (the report's aggregation) and its chosen setting."""
+    (scores,) = report.cell_scores(result["rows"])
     setting = result["hyperparameters"]
     chosen = f" ({', '.join(f'{k}={v}' for k, v in setting.items())})" if setting else ""
-    return f"held-in {mean('held_in'):.2f}, held-out {mean('held_out'):.2f}{chosen}"
+    return f"held-in {scores['held_in']:.2f}, held-out {scores['held_out']:.2f}{chosen}"
