@@ -25,6 +25,7 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 
+from jaxmerge.errors import InputError
 from jaxmerge.study.config import BASES, REPO_ROOT, StudyConfig, model_gin
 
 RUNS = REPO_ROOT / "gin_configs" / "runs"
@@ -76,12 +77,13 @@ def _fingerprint(record: dict) -> str:
 
 
 def _checkpoint_step(directory: pathlib.Path) -> tuple[pathlib.Path, int]:
-    steps = sorted(
-        (int(p.name.split("_")[1]), p)
-        for p in directory.glob("checkpoint_*")
-        if p.name.split("_")[1].isdigit()
-    )
-    return steps[-1][1], steps[-1][0]
+    """The newest finished checkpoint_<step> of a model directory, and its step."""
+    from jaxmerge import training
+
+    path = training.latest_checkpoint(directory)
+    if path is None:
+        raise InputError(f"{directory}: no checkpoint_N")
+    return path, int(path.name.split("_")[1])
 
 
 def plan(config: StudyConfig, size: str, root: pathlib.Path) -> list[Model]:

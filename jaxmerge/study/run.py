@@ -142,7 +142,7 @@ def run_study(
                 else:
                     start_lam = lam.get((cell.num_experts, cell.seed))
                     result = cells_lib.run_cell(cell, arena, scorer, config, start_lam)
-                    scoring._write_json(path, result)
+                    scoring.write_json(path, result)
                 if cell.method == "task_arithmetic":
                     lam[(cell.num_experts, cell.seed)] = result["hyperparameters"].get("lam")
                 all_rows.extend(result["rows"])
@@ -165,7 +165,7 @@ def run_study(
         "config": dataclasses.asdict(config),
         "quality": qualities,
     }
-    scoring._write_json(root / "study.json", study)
+    scoring.write_json(root / "study.json", study)
     path = report.build_report(root, title=title)
     log(f"study done in {seconds / 60:.1f} min: {root / 'results.csv'}, {path}")
     return path

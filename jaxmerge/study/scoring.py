@@ -88,7 +88,7 @@ class SizeScorer:
 
             params, _, _ = training.restore_checkpoint(model.checkpoint)
             cache[key] = accuracies(self.evaluator(split), params)
-            _write_json(cache_file, cache)
+            write_json(cache_file, cache)
         return cache[key]
 
     def held_in_normalized(
@@ -111,7 +111,8 @@ def _read_json(path: pathlib.Path) -> dict:
         return {}
 
 
-def _write_json(path: pathlib.Path, value) -> None:
+def write_json(path: pathlib.Path, value) -> None:
+    """`value` as JSON at `path`, replaced atomically (a kill leaves the old file or none)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(value, indent=1, sort_keys=True))
