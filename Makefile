@@ -16,11 +16,11 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/jaxmerge demo
 
-# Two pytest workers, one test file each at a time (pytest-xdist): the suite is mostly
-# single-threaded Python and subprocesses, so on the 2-core CI machine this took 747 s
-# where one worker took 782 s without the study's tests (about 1000 s with them).
+# One worker: with two (pytest-xdist -n 2 --dist loadfile, 780 s) a two-process test
+# (test_launch: the SLURM launcher) lost its coordinator once under the load; serial, the
+# suite takes about 1000 s on the 2-core VM with the study's tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow
