@@ -16,11 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/jaxmerge demo
 
-# One worker: with two (pytest-xdist -n 2 --dist loadfile, 780 s) a two-process test
-# (test_launch: the SLURM launcher) lost its coordinator once under the load; serial, the
-# suite takes about 1000 s on the 2-core VM with the study's tests.
+# Two workers, a test file at a time; the files whose tests join JAX processes over
+# loopback share one group so that they never race for a port (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

@@ -48,3 +48,24 @@ def run_cli():
         )
 
     return run
+
+
+# Tests that join JAX processes over loopback each pick a free port and then bind it;
+# two such tests at once (one per pytest-xdist worker) can race for the same port, and
+# a process that reaches the other test's coordinator is reset. `make test` runs with
+# `--dist loadgroup`: these files share one group (one worker, one at a time) and every
+# other file is a group of its own, which is `--dist loadfile` for the rest.
+JOINS_JAX_PROCESSES = frozenset(
+    {
+        "test_checkpoints_multiprocess.py",
+        "test_launch.py",
+        "test_merge_multiprocess.py",
+    }
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        name = item.path.name
+        group = "joins_jax_processes" if name in JOINS_JAX_PROCESSES else name
+        item.add_marker(pytest.mark.xdist_group(group))

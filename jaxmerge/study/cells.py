@@ -158,8 +158,8 @@ def _learned(cell, arena, evaluator, tasks, references, config, start_lam):
     spec = coef_lib.CoefficientSpec(init=0.3 if start_lam is None else float(start_lam))
     grouping = coef_lib.groups(spec, names)
     scorable = {t: references[t] for t in tasks if references.get(t)}
-    if not scorable:  # every expert scores 0: nothing to normalize by
-        return None
+    if not scorable:  # every expert scores 0: nothing to normalize by, nothing to learn
+        return _merge("task_arithmetic", arena, cell.experts, {}, cell.seed), {}, math.nan
     fitness = search_lib.merge_fitness(
         spec, grouping, pool, evaluator, tasks_weights=dict.fromkeys(scorable, 1.0),
         references=scorable,
@@ -218,14 +218,7 @@ def run_cell(cell: Cell, arena: Arena, scorer, config: StudyConfig, start_lam=No
         scores = scorer.model_scores(arena.multitask_model, "test")
         setting, validation_score = {}, math.nan
     else:
-        chosen = choose(cell, arena, scorer, config, start_lam)
-        if chosen is None:
-            tree, setting, validation_score = None, {}, math.nan
-        else:
-            tree, setting, validation_score = chosen
-        if tree is None:  # no expert scores above 0: nothing to choose by
-            tree = _merge(cell.method if cell.method != LEARNED else "task_arithmetic",
-                          arena, cell.experts, {}, cell.seed)  # fmt: skip
+        tree, setting, validation_score = choose(cell, arena, scorer, config, start_lam)
         scores = scoring.accuracies(scorer.evaluator("test"), tree)
     return {
         "rows": rows(cell, arena, scorer, scores, setting, validation_score),
