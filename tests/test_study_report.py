@@ -151,6 +151,29 @@ def test_findings_the_grid_cannot_test():
     assert all(f["holds"] is None for f in report.findings([]))
 
 
+def test_learned_versus_the_best_grid_searched_recipe():
+    rows = make_table()
+    compared = report.learned_versus_fixed(report.summary(rows))
+    assert len(compared) == 2 * 2 * 2  # (size, base, k)
+    assert all(r["best"] == "ties" and r["beats"] and r["held_out_kept"] for r in compared)
+    for row in rows:  # learned: held-in below TIES, held-out above, in one (size, base, k)
+        if (row["size"], row["base"], row["num_experts"], row["method"]) == (
+            "micro", "pretrained", 4, "learned"
+        ):  # fmt: skip
+            row["normalized"] += -0.3 if row["kind"] == "held_in" else 0.1
+    changed = report.learned_versus_fixed(report.summary(rows))
+    lost = [r for r in changed if not r["beats"]]
+    assert [(r["size"], r["base"], r["num_experts"]) for r in lost] == [("micro", "pretrained", 4)]
+    assert lost[0]["learned_held_in"] < lost[0]["best_held_in"] and lost[0]["held_out_kept"]
+    text = report.markdown(report.summary(rows), [], title="t", command=None, seconds=None)
+    assert "on held-in in 7 of 8 (size, base, k)" in text
+    without = [r for r in rows if r["method"] != "learned"]
+    assert report.learned_versus_fixed(report.summary(without)) == []
+    assert "Learned coefficients" not in report.markdown(
+        report.summary(without), [], title="t", command=None, seconds=None
+    )
+
+
 @pytest.mark.parametrize("grid", [{}, {"sizes": {"nano": 74240}, "ks": (8,)}])
 def test_figures_are_pngs(tmp_path, grid):
     paths = report.figures(report.summary(make_table(**grid)), tmp_path / "figures")
