@@ -16,10 +16,10 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/jaxmerge demo
 
-# Two workers, a test file at a time; the files whose tests join JAX processes over
-# loopback share one group so that they never race for a port (tests/conftest.py).
+# Two workers, a test file at a time; the tests that join JAX processes over loopback
+# take turns so that they never race for a port (tests/conftest.py).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadgroup --durations=15
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=15
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

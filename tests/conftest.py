@@ -17,6 +17,7 @@ jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_threefry_partitionable", True)
 
 
+import fcntl  # noqa: E402
 import pathlib  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
@@ -50,11 +51,11 @@ def run_cli():
     return run
 
 
-# Tests that join JAX processes over loopback each pick a free port and then bind it;
-# two such tests at once (one per pytest-xdist worker) can race for the same port, and
-# a process that reaches the other test's coordinator is reset. `make test` runs with
-# `--dist loadgroup`: these files share one group (one worker, one at a time) and every
-# other file is a group of its own, which is `--dist loadfile` for the rest.
+# Tests that join JAX processes over loopback each pick a free port and then bind it; two
+# such tests at once (one per pytest-xdist worker) could race for the same port, and a
+# process that reached the other test's coordinator would be reset. So under xdist they
+# take turns, on a lock file shared by the workers. (`--dist loadgroup` would say this with
+# marks, but pytest-xdist 3.8 renames tests through `_nodeid`, which pytest 9 ignores.)
 JOINS_JAX_PROCESSES = frozenset(
     {
         "test_checkpoints_multiprocess.py",
@@ -64,8 +65,12 @@ JOINS_JAX_PROCESSES = frozenset(
 )
 
 
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        name = item.path.name
-        group = "joins_jax_processes" if name in JOINS_JAX_PROCESSES else name
-        item.add_marker(pytest.mark.xdist_group(group))
+@pytest.fixture(autouse=True)
+def _one_test_joining_processes_at_a_time(request, tmp_path_factory):
+    if request.path.name not in JOINS_JAX_PROCESSES or "PYTEST_XDIST_WORKER" not in os.environ:
+        yield
+        return
+    lock = tmp_path_factory.getbasetemp().parent / "joins_jax_processes.lock"
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
+        yield

@@ -324,8 +324,12 @@ def test_slurm_per_node_joins_the_processes(tmp_path):
         XLA_FLAGS="--xla_force_host_platform_device_count=2",
         PYTHON_ENV=str(tmp_path / "no-venv"),
     )
+    # A real checkpoint: both processes finish and leave through JAX's shutdown barrier.
+    # (On an input error process 0 exits at once, by design, which may reset process 1
+    # while it is still joining, before it prints its line.)
+    base_path, _ = write_all(tmp_path, "safetensors", *make_models(count=1))
     out = subprocess.run(
-        ["bash", str(REPO / "launch" / "slurm.sbatch"), "jaxmerge", "inspect", str(tmp_path)],
+        ["bash", str(REPO / "launch" / "slurm.sbatch"), "jaxmerge", "inspect", str(base_path)],
         capture_output=True,
         text=True,
         env=env,
@@ -334,3 +338,4 @@ def test_slurm_per_node_joins_the_processes(tmp_path):
     logs = [(tmp_path / f"task_{i}.log").read_text() for i in (0, 1)]
     for i, log in enumerate(logs):
         assert f"process {i} of 2 (2 of 4 devices)" in log, (out.stderr, log[-2000:])
+    assert out.returncode == 0, (out.stderr, logs)
