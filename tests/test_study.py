@@ -197,15 +197,23 @@ def test_demo_bases_are_rebuilt_by_their_recipe(tmp_path):
 @pytest.mark.parametrize(
     "gin_file", sorted(p.name for p in (REPO_ROOT / "gin_configs/study").glob("*.gin"))
 )
-def test_every_study_gin_gives_a_grid_that_can_run(gin_file):
+def test_every_study_gin_gives_a_grid_that_can_run(gin_file, tmp_path):
     """The demo's, the tests' and the reports' grids parse and pass the checks (the demo's
-    shipped bases included), without running them."""
+    shipped bases included), without running them. A grid that asks for `BASES` (bases
+    built beforehand) gets a directory with a checkpoint_N for every size and base."""
     import argparse
 
     from jaxmerge.cli import study as study_cli
 
+    for model_gin in (REPO_ROOT / "gin_configs/models").glob("t5_*.gin"):
+        for base in study_config.BASES:
+            (tmp_path / model_gin.stem.removeprefix("t5_") / base / "checkpoint_1").mkdir(
+                parents=True
+            )
     flags = {n: None for n in (*study_cli.LIST_FLAGS, "categories", "max_examples")}
-    args = argparse.Namespace(gin_file=[f"gin_configs/study/{gin_file}"], gin_bindings=[], **flags)
+    args = argparse.Namespace(
+        gin_file=[f"gin_configs/study/{gin_file}"], gin_bindings=[f"BASES = '{tmp_path}'"], **flags
+    )
     config = study_cli.config_from(args)
     study_config.check(config)
     assert config.sizes and config.methods
