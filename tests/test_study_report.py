@@ -200,6 +200,7 @@ def test_build_report_is_deterministic_and_complete(tmp_path):
         },
         "micro": {"multitask": {"instruction_tuned": {"held_in": 90.0, "held_out": 61.25}}},
     }
+    quality = dict(sorted(quality.items()))  # as study.json keeps them: micro before nano
     meta = {"command": "jaxmerge study --gin_file=tiny.gin", "seconds": 4000, "quality": quality}
     (tmp_path / "study.json").write_text(json.dumps(meta))
     path = report.build_report(tmp_path)
@@ -219,5 +220,6 @@ def test_build_report_is_deterministic_and_complete(tmp_path):
         "(figures/held_out_vs_experts.png)",
     ]:
         assert expected in text
+    assert text.index("### nano") < text.index("### micro")  # smallest first
     report.build_report(tmp_path)
     assert path.read_text() == text
