@@ -152,14 +152,14 @@ def _learned(cell, arena, evaluator, tasks, references, config, start_lam):
     from jaxmerge.learning import search as search_lib
     from jaxmerge.learning.pool import Pool
 
+    scorable = {t: references[t] for t in tasks if references.get(t)}
+    if not scorable:  # every expert scores 0: nothing to normalize by, nothing to learn
+        return _merge("task_arithmetic", arena, cell.experts, {}, cell.seed), {}, math.nan
     trees = [arena.expert_trees[c] for c in cell.experts]
     names = list(arena.base_tree)
     pool = Pool(list(cell.experts), arena.base, trees, arena.base_tree, names)
     spec = coef_lib.CoefficientSpec(init=0.3 if start_lam is None else float(start_lam))
     grouping = coef_lib.groups(spec, names)
-    scorable = {t: references[t] for t in tasks if references.get(t)}
-    if not scorable:  # every expert scores 0: nothing to normalize by, nothing to learn
-        return _merge("task_arithmetic", arena, cell.experts, {}, cell.seed), {}, math.nan
     fitness = search_lib.merge_fitness(
         spec, grouping, pool, evaluator, tasks_weights=dict.fromkeys(scorable, 1.0),
         references=scorable,

@@ -625,10 +625,9 @@ def markdown(
         "mean over a category's tasks, then over categories, then over seeds (expert subsets).",
         "",
     ]
-    if quality:  # sizes smallest first, as in the tables (study.json keeps them sorted)
-        sizes = [r["size"] for r in sorted(summary_records, key=_order)]
-        order = {size: i for i, size in enumerate(dict.fromkeys(sizes))}
-        lines += _quality(dict(sorted(quality.items(), key=lambda kv: order.get(kv[0], 1e9))))
+    if quality:  # sizes smallest first, as in the tables (study.json sorts its keys)
+        sizes = _Grid(summary_records).sizes
+        lines += _quality(dict(sorted(quality.items(), key=lambda kv: _rank(kv[0], sizes))))
     lines += ["## Results", ""]
     lines += ["| size | parameters | base | experts k | method | held-in | held-out | seeds |"]
     lines += ["|---|---:|---|---:|---|---:|---:|---:|"]
