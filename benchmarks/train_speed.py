@@ -146,13 +146,16 @@ def bench_data(size: str, mixture: str, batch: int, steps: int, reps: int = 2) -
     runs = {"fixed": FIXED, "fitted": lengths_lib.fitted_feature_lengths(mixture)}
     data = {k: packed_batches(mixture, v, batch, steps) for k, v in runs.items()}
     best = {k: float("inf") for k in runs}
+    fresh = lambda: jax.tree.map(jnp.copy, p0)  # the step donates its parameters
     for batches in data.values():  # compile and warm up
-        p, state = p0, tx.init(p0)
+        p = fresh()
+        state = tx.init(p)
         p, state, loss = step_fn(p, state, batches[0], jax.random.key(0), 0)
         loss.block_until_ready()
     for _ in range(reps):  # alternate, keep the best of each
         for k, batches in data.items():
-            p, state = p0, tx.init(p0)
+            p = fresh()
+            state = tx.init(p)
             t = time.perf_counter()
             for i, b in enumerate(batches):
                 p, state, loss = step_fn(p, state, b, jax.random.key(0), i)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import pytest
 
@@ -137,6 +138,7 @@ def test_report_is_rebuilt_from_the_table_alone(micro_study, tmp_path):
         ({"held_out": "jaxmerge_no_such_task"}, "StudyConfig.held_out: unknown task"),
         ({"num_experts": (2, 9)}, "StudyConfig.num_experts: 9 experts"),
         ({"bases": ("chat",)}, "StudyConfig.bases: unknown base 'chat'"),
+        ({"learned_space": "weights"}, "StudyConfig.learned_space: 'weights': choose from"),
     ],
 )
 def test_bad_grids_are_refused_in_one_line(change, message):
@@ -157,6 +159,51 @@ def test_bad_grid_exits_2_before_any_work(tmp_path):
         and "unknown method 'fancy'" in result.stderr
     )
     assert not (tmp_path / "models").exists()
+
+
+class _MeanEvaluator:
+    """Scores a tree by how close the mean of its first tensor is to 0.25 (one task)."""
+
+    task_names = ("jaxmerge_topic_news",)
+
+    def evaluate(self, tree):
+        import numpy as np
+
+        mean = float(np.mean(tree["a"]["kernel"]))
+        return {"jaxmerge_topic_news": {"accuracy": 100.0 - 100.0 * abs(mean - 0.25)}}
+
+
+@pytest.mark.parametrize("space", study_config.LEARNED_SPACES)
+def test_learned_cell_reports_the_lambdas_it_merged(space):
+    """θ = θ₀ + Σᵢ λᵢ τᵢ with the λᵢ the cell reports, in either space; "reallocate" keeps
+    task arithmetic's total k·λ."""
+    import dataclasses
+
+    import jax.numpy as jnp
+    import numpy as np
+
+    from jaxmerge.study import cells
+
+    base = {"a/kernel": jnp.zeros((3, 2))}
+    experts = {
+        c: {"a/kernel": jnp.full((3, 2), v)} for c, v in (("topic", 1.0), ("sentiment", -0.5))
+    }
+    arena = types.SimpleNamespace(base="pretrained", base_tree=base, expert_trees=experts)
+    cell = cells.Cell("nano", "pretrained", 2, 0, ("topic", "sentiment"), "learned")
+    config = dataclasses.replace(
+        study_config.StudyConfig(), learned_space=space, learned_generations=3, learned_popsize=4
+    )
+    tree, setting, score = cells._learned(
+        cell, arena, _MeanEvaluator(), ["jaxmerge_topic_news"], {"jaxmerge_topic_news": 50.0},
+        config, start_lam=0.4,
+    )  # fmt: skip
+    lambdas = setting["lambdas"]
+    want = 1.0 * lambdas["topic"] - 0.5 * lambdas["sentiment"]
+    np.testing.assert_allclose(np.asarray(tree["a"]["kernel"]), want, atol=1e-3)
+    if space == "reallocate":
+        assert sum(lambdas.values()) == pytest.approx(2 * 0.4, abs=1e-3)
+        assert all(x >= 0 for x in lambdas.values())
+    assert score == pytest.approx((100.0 - 100.0 * abs(want - 0.25)) / 50.0, abs=1e-3)
 
 
 def test_expert_subsets_are_nested_and_seeded():

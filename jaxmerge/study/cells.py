@@ -5,8 +5,9 @@ A cell is (size, base, k, seed, method). Its experts are the seed's first k cate
 run at every setting of its grid and the setting with the best normalized held-in score
 on validation is kept; "learned" searches one coefficient per expert, θ = θ₀ + Σᵢ λᵢ τᵢ,
 with CMA-ES on the same validation score (Khalifa et al. 2024), starting from the λ that
-task arithmetic chose in the same cell; "multitask" is the baseline model, scored on the
-same tasks. The kept model is then scored on the test split, and the cell gives one row
+task arithmetic chose in the same cell (`StudyConfig.learned_space = "reallocate"`:
+shares task arithmetic's total k·λ among the experts instead, on the simplex); "multitask"
+is the baseline model, scored on the same tasks. The kept model is then scored on the test split, and the cell gives one row
 per task (the columns of `jaxmerge.study.table`):
 
     held-in  normalized = s(merge, t) / s(expert of t's category, t)
@@ -109,6 +110,8 @@ def fingerprint(cell: Cell, arena: Arena, config: StudyConfig) -> str:
     if cell.method == LEARNED:  # starts from task arithmetic's choice
         record["grid"] = config.grids.get("task_arithmetic", {})
         record["search"] = [config.learned_generations, config.learned_popsize]
+        if config.learned_space != "task_vector":  # the first space's cells keep their names
+            record["space"] = config.learned_space
     text = json.dumps(record, sort_keys=True, default=list)
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -157,8 +160,15 @@ def _learned(cell, arena, evaluator, tasks, references, config, start_lam):
         return _merge("task_arithmetic", arena, cell.experts, {}, cell.seed), {}, math.nan
     trees = [arena.expert_trees[c] for c in cell.experts]
     names = list(arena.base_tree)
+    lam = 0.3 if start_lam is None else float(start_lam)
+    if config.learned_space == "reallocate":  # θ₀ + kλ Σ cᵢ τᵢ = Σ cᵢ (θ₀ + kλ τᵢ), Σ cᵢ = 1
+        total = len(trees) * lam
+        base = arena.base_tree
+        trees = [{n: base[n] + total * (t[n] - base[n]) for n in names} for t in trees]
+        spec = coef_lib.CoefficientSpec(space="simplex")  # uniform: task arithmetic at λ
+    else:
+        total, spec = 1.0, coef_lib.CoefficientSpec(init=lam)
     pool = Pool(list(cell.experts), arena.base, trees, arena.base_tree, names)
-    spec = coef_lib.CoefficientSpec(init=0.3 if start_lam is None else float(start_lam))
     grouping = coef_lib.groups(spec, names)
     fitness = search_lib.merge_fitness(
         spec, grouping, pool, evaluator, tasks_weights=dict.fromkeys(scorable, 1.0),
@@ -175,8 +185,9 @@ def _learned(cell, arena, evaluator, tasks, references, config, start_lam):
     coefficients = coef_lib.coefficients(
         spec, np.reshape(np.asarray(result["best_x"], np.float32), (1, len(trees)))
     )
-    chosen = {
-        c: round(float(x), 4) for c, x in zip(cell.experts, np.ravel(coefficients), strict=True)
+    chosen = {  # λᵢ of θ₀ + Σᵢ λᵢ τᵢ, in either space
+        c: round(float(x) * total, 4)
+        for c, x in zip(cell.experts, np.ravel(coefficients), strict=True)
     }
     return fitness.merged(result["best_x"]), {"lambdas": chosen}, float(result["best_fitness"])
 

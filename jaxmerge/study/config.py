@@ -26,6 +26,7 @@ REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 BASES = ("pretrained", "instruction_tuned")
 FIXED_METHODS = ("average", "task_arithmetic", "ties", "dare_ties")
 LEARNED = "learned"  # one coefficient per expert, found by CMA-ES on validation
+LEARNED_SPACES = ("task_vector", "reallocate")  # StudyConfig.learned_space
 
 # The paper's methods, each with a small grid chosen on validation (TIES: Yadav et al.
 # 2023 search density and λ; DARE: Yu et al. 2024 the drop rate).
@@ -60,6 +61,11 @@ class StudyConfig:
       max_examples: rows per task of every evaluation (None: the whole split).
       grids: method -> {hyperparameter: values}, searched on validation.
       learned_generations, learned_popsize: the CMA-ES search of "learned".
+      learned_space: what "learned" searches. "task_vector": one free λᵢ per expert,
+        θ = θ₀ + Σᵢ λᵢ τᵢ. "reallocate": task arithmetic's total weight k·λ_TA shared out,
+        θ = θ₀ + k·λ_TA Σᵢ cᵢ τᵢ with c on the simplex (starting uniform, which is task
+        arithmetic's own merge), so the merge stays as far from the base as task
+        arithmetic's and only the shares change.
     """
 
     sizes: Sequence[str] = ("nano", "micro")
@@ -83,6 +89,7 @@ class StudyConfig:
     )
     learned_generations: int = 4
     learned_popsize: int = 6
+    learned_space: str = "task_vector"
 
 
 def model_gin(size: str) -> pathlib.Path:
@@ -146,6 +153,8 @@ def check(config: StudyConfig) -> None:
                 fail("grids", f"{method}.{name}: no value to search")
     if LEARNED in config.methods and (config.learned_generations < 1 or config.learned_popsize < 2):
         fail("learned_generations", "CMA-ES needs generations >= 1 and popsize >= 2")
+    if config.learned_space not in LEARNED_SPACES:
+        fail("learned_space", f"{config.learned_space!r}: choose from {', '.join(LEARNED_SPACES)}")
     if config.bases_from is not None:
         root = pathlib.Path(config.bases_from)
         for size in config.sizes:

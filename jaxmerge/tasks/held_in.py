@@ -176,22 +176,27 @@ def summary_compress(rng: random.Random) -> Example:
 
 # --- paraphrase identification ----------------------------------------------------
 def paraphrase_synonym(rng: random.Random) -> Example:
-    """s2 swaps one word of s1 for its synonym (same) or for a word of another pair.
+    """s2 swaps s1's one adjective for its synonym (same) or for a word of another pair.
 
     Either word of a pair may stand in s1, and the "different" word is either word of
     another pair, so no word alone tells the answer: an earlier version drew s1's word
     from the pairs' first words, its synonym from their second and the other word from the
-    first again, and t5_nano scored 82% (majority 53%) from that one-word cue; without it,
-    60% (majority 60%) after 800 steps from scratch.
+    first again, and t5_nano scored 82% (majority 53%) from that one-word cue. Without
+    the cue, sentences that also said where the person lives ("N is big and lives in C.")
+    kept t5_nano at 58% (majority 55%) after 800 steps from scratch, and no size's expert
+    reached the bar; the one-clause sentences here take it to 91% (majority 51%), and the
+    expert from either nano base to 97-99% in 1000 steps (docs/models_tasks_training.md).
     """
     (a, b), other = rng.sample(SYNONYMS, 2)
     if rng.random() < 0.5:
         a, b = b, a
-    p = _people(rng, 1)[0]
+    name = _people(rng, 1)[0].name
     same = rng.random() < 0.5
-    s1 = f"{p.name} is {a} and lives in {p.city}."
-    s2 = f"{p.name} is {b if same else rng.choice(other)} and lives in {p.city}."
-    return {"inputs": f"s1: {s1} s2: {s2} Same meaning?", "targets": "yes" if same else "no"}
+    s2 = b if same else rng.choice(other)
+    return {
+        "inputs": f"s1: {name} is {a}. s2: {name} is {s2}. Same meaning?",
+        "targets": "yes" if same else "no",
+    }
 
 
 def paraphrase_order(rng: random.Random) -> Example:
