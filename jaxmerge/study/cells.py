@@ -7,8 +7,8 @@ on validation is kept; "learned" searches one coefficient per expert, θ = θ₀
 with CMA-ES on the same validation score (Khalifa et al. 2024), starting from the λ that
 task arithmetic chose in the same cell (`StudyConfig.learned_space = "reallocate"`:
 shares task arithmetic's total k·λ among the experts instead, on the simplex); "multitask"
-is the baseline model, scored on the same tasks. The kept model is then scored on the test split, and the cell gives one row
-per task (the columns of `jaxmerge.study.table`):
+is the baseline model, scored on the same tasks. The kept model is then scored on the
+test split, and the cell gives one row per task (the columns of `jaxmerge.study.table`):
 
     held-in  normalized = s(merge, t) / s(expert of t's category, t)
     held-out normalized = s(merge, t) / s(base, t)                      (zero-shot)
