@@ -16,6 +16,8 @@
 # category named: all held-in tasks with that category's TILT_RATE times as often
 # (jaxmerge_held_in_tilted_<c>), GEN_STEPS steps each (default half of MT_STEPS), into
 # OUT/generalists/pretrained/<c>: the Recycle scenario's pool (benchmarks/recycle.py).
+# GEN_TRUNK=N first trains one multitask trunk of N steps (OUT/generalists/trunk) and
+# branches every generalist from it, so that the pool shares a training trajectory.
 # Step counts are totals (T5X convention: fine-tuning continues the base's step);
 # DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
 set -euo pipefail
@@ -112,11 +114,19 @@ run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
   --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
   --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
 if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs pretrained "$PT" "$PT_STEPS"; fi
+gen_init=$PT gen_start=$PT_STEPS
+if [ -n "${GENERALISTS:-}" ] && [ -n "${GEN_TRUNK:-}" ]; then  # branches of one trunk
+  gen_start=$((PT_STEPS + GEN_TRUNK)) gen_init="$OUT/generalists/trunk/checkpoint_$gen_start"
+  run generalist_trunk --gin_file=gin_configs/runs/multitask.gin \
+    --gin.MODEL_DIR="'$OUT/generalists/trunk'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
+    --gin.TRAIN_STEPS="$gen_start" --gin.DECAY_STEPS="$GEN_TRUNK"
+  wait_for "$gen_init"
+fi
 for c in ${GENERALISTS:-}; do
   run "generalist_pretrained_$c" --gin_file=gin_configs/runs/multitask.gin \
     --gin.MODEL_DIR="'$OUT/generalists/pretrained/$c'" \
     --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_tilted_$c'" \
-    --gin.INITIAL_CHECKPOINT_PATH="'$PT'" --gin.TRAIN_STEPS="$((PT_STEPS + GEN_STEPS))" \
+    --gin.INITIAL_CHECKPOINT_PATH="'$gen_init'" --gin.TRAIN_STEPS="$((gen_start + GEN_STEPS))" \
     --gin.DECAY_STEPS="$GEN_STEPS"
 done
 wait_for "$IT"

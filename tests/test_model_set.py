@@ -51,7 +51,7 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
         PYTHON=sys.executable,
         PT_STEPS="3", IT_STEPS="2", FT_STEPS="2", MT_STEPS="2", WARMUP_STEPS="0",
         CATEGORIES="topic sentiment", JOBS="2", SCORE_MAX_EXAMPLES="2",
-        GENERALISTS="topic sentiment", GEN_STEPS="2",
+        GENERALISTS="topic sentiment", GEN_STEPS="2", GEN_TRUNK="2",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     )  # fmt: skip
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
@@ -69,8 +69,11 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
     assert quality["summary"]["experts_total"] == 4
     assert all(r["tokens"] > 0 and r["seconds"] > 0 for r in quality["rows"])
     assert "| expert/pretrained/topic |" in first.stdout
-    for c in ["topic", "sentiment"]:  # the Recycle pool, tilted towards c
-        assert model_set.latest_checkpoint(tmp_path / "set" / "generalists/pretrained" / c)
+    trunk = tmp_path / "set" / "generalists/trunk/checkpoint_5"  # PT_STEPS + GEN_TRUNK
+    assert trunk.is_dir()
+    for c in ["topic", "sentiment"]:  # the Recycle pool, tilted towards c, from the trunk
+        generalist = tmp_path / "set" / "generalists/pretrained" / c
+        assert model_set.latest_checkpoint(generalist).name == "checkpoint_7"
 
     recycle = subprocess.run(
         [sys.executable, "-m", "benchmarks.recycle", str(tmp_path / "set"), "--objective",
