@@ -18,6 +18,9 @@
 # OUT/generalists/pretrained/<c>: the Recycle scenario's pool (benchmarks/recycle.py).
 # GEN_TRUNK=N first trains one multitask trunk of N steps (OUT/generalists/trunk) and
 # branches every generalist from it, so that the pool shares a training trajectory.
+# BASES_FROM=DIR takes both bases ready-made from DIR/SIZE/{pretrained,instruction_tuned}/
+# checkpoint_N (launch/demo_bases.sh's layout; linked into OUT, not copied) instead of
+# training them; their steps come from the checkpoints' names.
 # Step counts are totals (T5X convention: fine-tuning continues the base's step);
 # DECAY_STEPS is each fine-tuning run's own length (its learning-rate decay).
 set -euo pipefail
@@ -106,13 +109,36 @@ base_runs() {  # base_runs NAME INITIAL_CHECKPOINT START_STEP: its experts and m
     --gin.TRAIN_STEPS="$((start + MT_STEPS))" --gin.DECAY_STEPS="$MT_STEPS"
 }
 
-train --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'$OUT/pretrained'" \
-  --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS="$PT_STEPS"
-PT="$OUT/pretrained/checkpoint_$PT_STEPS"
-IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
-run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
-  --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
-  --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
+latest() {  # latest DIR: its checkpoint_<step> of the highest step, or nothing
+  local d best="" step=-1
+  for d in "$1"/checkpoint_*; do
+    if [ -d "$d" ] && [[ ${d##*_} =~ ^[0-9]+$ ]] && [ "${d##*_}" -gt "$step" ]; then
+      step=${d##*_} best=$d
+    fi
+  done
+  echo "$best"
+}
+if [ -n "${BASES_FROM:-}" ]; then  # ready bases (launch/demo_bases.sh's layout): linked
+  mkdir -p "$OUT"
+  for base in pretrained instruction_tuned; do
+    [ -n "$(latest "$BASES_FROM/$SIZE/$base")" ] || {
+      echo "error: BASES_FROM=$BASES_FROM: no $BASES_FROM/$SIZE/$base/checkpoint_N" >&2
+      exit 2
+    }
+    ln -sfn "$(cd "$BASES_FROM/$SIZE/$base" && pwd)" "$OUT/$base"
+  done
+  PT=$(latest "$OUT/pretrained") IT=$(latest "$OUT/instruction_tuned")
+  PT_STEPS=${PT##*_}
+  IT_STEPS=$((${IT##*_} - PT_STEPS))
+else
+  train --gin_file=gin_configs/runs/pretrain.gin --gin.MODEL_DIR="'$OUT/pretrained'" \
+    --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_pretrain'" --gin.TRAIN_STEPS="$PT_STEPS"
+  PT="$OUT/pretrained/checkpoint_$PT_STEPS"
+  IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
+  run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
+    --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
+    --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
+fi
 if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs pretrained "$PT" "$PT_STEPS"; fi
 gen_init=$PT gen_start=$PT_STEPS
 if [ -n "${GENERALISTS:-}" ] && [ -n "${GEN_TRUNK:-}" ]; then  # branches of one trunk

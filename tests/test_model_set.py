@@ -89,6 +89,33 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
     assert "bar met" in recycle.stdout or "bar not met" in recycle.stdout
 
 
+def test_ladder_takes_ready_bases(tmp_path):
+    """BASES_FROM: the shipped nano bases are linked, not trained; experts start from them."""
+    bases = ROOT / "assets/demo_bases"
+    before = sorted(p.relative_to(bases) for p in bases.rglob("*"))
+    env = dict(
+        os.environ, PYTHON=sys.executable, BASES_FROM=str(bases), FT_STEPS="2", MT_STEPS="2",
+        WARMUP_STEPS="0", CATEGORIES="topic", JOBS="2", SCORE="0",
+        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
+    )  # fmt: skip
+    cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    for base, step in (("pretrained", 2000), ("instruction_tuned", 5000)):
+        assert (tmp_path / "set" / base).resolve() == bases / "nano" / base
+        expert = tmp_path / "set/experts" / base / "topic"
+        assert model_set.latest_checkpoint(expert).name == f"checkpoint_{step + 2}"
+    assert sorted(p.relative_to(bases) for p in bases.rglob("*")) == before
+
+    env["BASES_FROM"] = str(tmp_path / "nowhere")
+    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2
+    assert bad.stderr.strip().splitlines() == [
+        f"error: BASES_FROM={tmp_path / 'nowhere'}: no {tmp_path / 'nowhere'}/nano/pretrained/"
+        "checkpoint_N"
+    ]
+
+
 def test_ladder_sizes_are_gin_files_spanning_10x():
     import jax
 
