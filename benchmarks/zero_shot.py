@@ -32,8 +32,7 @@ quiet.import_tensorflow()
 
 from jaxmerge import model_set, tasks, training  # noqa: E402
 from jaxmerge.evaluation import Evaluator  # noqa: E402
-from jaxmerge.models import params as params_lib  # noqa: E402
-from jaxmerge.models import t5  # noqa: E402
+from jaxmerge.evaluation import run as eval_run  # noqa: E402
 from jaxmerge.tasks import held_out, registry  # noqa: E402
 
 BASES = ("pretrained", "instruction_tuned")
@@ -92,9 +91,7 @@ def main() -> None:
                 params, _, _ = training.restore_checkpoint(path)
                 for split in args.splits:
                     if split not in evaluators:
-                        config = t5.config_from_shapes(
-                            {n: x.shape for n, x in params_lib.flatten(params).items()}
-                        )
+                        config = eval_run.model_config(str(path))
                         evaluators[split] = Evaluator(config, ["jaxmerge_held_out"], split=split)
                     metrics = evaluators[split].evaluate(params)
                     got = {t: m["accuracy"] for t, m in metrics.items()}
@@ -118,10 +115,10 @@ def main() -> None:
             summary.append((size, split, margins, max(ses)))
     print("\n| size | split | margins over seeds | spread | met |\n|---|---|---|---:|---|")
     for size, split, margins, se2 in summary:
-        spread = max(margins) - min(margins) if len(margins) > 1 else math.nan
+        spread = f"{max(margins) - min(margins):.1f}" if len(margins) > 1 else "-"
         print(
             f"| {size} | {split} | {', '.join(f'{m:+.1f}' for m in margins)} "
-            f"| {spread:.1f} | {verdict(margins, se2)} |"
+            f"| {spread} | {verdict(margins, se2)} |"
         )
 
 

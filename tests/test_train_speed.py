@@ -6,7 +6,6 @@ consistent values, since the train step donates its parameters and a benchmark t
 reuses them fails only when it is run.
 """
 
-import jax.numpy as jnp
 import pytest
 
 from benchmarks import train_speed
@@ -32,4 +31,3 @@ def test_fixed_against_fitted_lengths_on_real_batches():
 
 def test_peak_flops_is_a_positive_rate():
     assert train_speed.peak_flops(n=64, reps=2) > 0
-    assert jnp.ones(1).sum() == 1  # the backend the benchmark measures is up

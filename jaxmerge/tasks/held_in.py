@@ -184,8 +184,9 @@ def paraphrase_synonym(rng: random.Random) -> Example:
     first again, and t5_nano scored 82% (majority 53%) from that one-word cue. Without
     the cue, sentences that also said where the person lives ("N is big and lives in C.")
     kept t5_nano at 58% (majority 55%) after 800 steps from scratch, and no size's expert
-    reached the bar; the one-clause sentences here take it to 91% (majority 51%), and the
-    expert from either nano base to 97-99% in 1000 steps (docs/models_tasks_training.md).
+    reached the bar; the one-clause sentences here take it to 85% (majority 57%;
+    benchmarks/dataset_learnability.py), and the expert from either nano base to 98-100%
+    in 1000 steps (docs/models_tasks_training.md).
     """
     (a, b), other = rng.sample(SYNONYMS, 2)
     if rng.random() < 0.5:
