@@ -11,7 +11,7 @@ Each generator maps a `random.Random` to {"inputs", "choices", "label"}.
 import random
 
 from jaxmerge.tasks import held_in
-from jaxmerge.tasks.world import JOBS, TOPICS, world
+from jaxmerge.tasks.world import SYNONYMS, TOPICS, world
 
 Example = dict
 
@@ -39,26 +39,30 @@ def completion_mood(rng: random.Random) -> Example:
 
 
 def nli_facts(rng: random.Random) -> Example:
-    """NLI = extractive QA over a stated premise + paraphrase identification.
+    """NLI = reading one fact out of a premise that states two (extractive_story's
+    facts) + synonym identification (paraphrase_synonym): does "N lives in C. N is big."
+    entail "N is large."? It does when s2's adjective is a synonym of s1's, not when it
+    is a word of another pair; in the paraphrase tasks' frame (s1, s2) with NLI's
+    question. s1 says more than s2, so the answer is entailment, not paraphrase.
 
-    Still at chance at t5_nano (37 against a majority of 42), as were nine two-choice
-    forms in the paraphrase tasks' own words: nano does not learn paraphrase either
-    (its experts stay under the bar), and NLI stands on it.
+    The earlier form, "premise: N lives in C and works as a J. hypothesis: N is a J2.
+    Does the premise entail the hypothesis?" [yes, no, maybe], stayed at chance for every
+    model through tiny, its multitask baselines and paraphrase experts included (25-42
+    against a majority of 42 in the tiny ladder's scores). This one moves with the paraphrase experts (tiny's: 74
+    and 76 against a majority of 53 on validation); every other tiny model, the bases and
+    multitask baselines included, stays at 45-55 (docs/models_tasks_training.md).
     """
-    p = rng.choice(world().people)
-    city, job = rng.choice(world().cities), rng.choice(JOBS)
-    premise = f"{p.name} lives in {city} and works as a {job}."
-    kind = rng.randrange(3)
-    if kind == 0:
-        hyp = f"{p.name} is a {job}."
-    elif kind == 1:
-        hyp = f"{p.name} is a {rng.choice([j for j in JOBS if j != job])}."
-    else:
-        hyp = f"{p.name} has a {rng.choice(['cat', 'dog', 'owl'])}."
+    (a, b), other = rng.sample(SYNONYMS, 2)
+    if rng.random() < 0.5:
+        a, b = b, a
+    name, city = rng.choice(world().people).name, rng.choice(world().cities)
+    entailed = rng.random() < 0.5
+    hypothesis = b if entailed else rng.choice(other)
     return {
-        "inputs": f"premise: {premise} hypothesis: {hyp} Does the premise entail the hypothesis?",
-        "choices": ["yes", "no", "maybe"],
-        "label": kind,
+        "inputs": f"s1: {name} lives in {city}. {name} is {a}. s2: {name} is {hypothesis}. "
+        "Does s1 entail s2?",
+        "choices": ["yes", "no"],
+        "label": 0 if entailed else 1,
     }
 
 
