@@ -48,9 +48,10 @@ def nli_facts(rng: random.Random) -> Example:
     The earlier form, "premise: N lives in C and works as a J. hypothesis: N is a J2.
     Does the premise entail the hypothesis?" [yes, no, maybe], stayed at chance for every
     model through tiny, its multitask baselines and paraphrase experts included (25-42
-    against a majority of 42 in the tiny ladder's scores). This one moves with the paraphrase experts (tiny's: 74
-    and 76 against a majority of 53 on validation); every other tiny model, the bases and
-    multitask baselines included, stays at 45-55 (docs/models_tasks_training.md).
+    against a majority of 42 in the tiny ladder's scores). This one moves with the
+    paraphrase experts (tiny's: 74 and 76 against a majority of 53 on validation); every
+    other tiny model, the bases and multitask baselines included, stays at 45-55
+    (docs/models_tasks_training.md).
     """
     (a, b), other = rng.sample(SYNONYMS, 2)
     if rng.random() < 0.5:
