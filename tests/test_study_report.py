@@ -169,6 +169,7 @@ def test_learned_versus_the_best_grid_searched_recipe():
     assert "on held-in in 7 of 8 (size, base, k)" in text
     without = [r for r in rows if r["method"] != "learned"]
     assert report.learned_versus_fixed(report.summary(without)) == []
+    assert "| all | 8 |" in text and "held-out difference" in text
     assert "Learned coefficients" not in report.markdown(
         report.summary(without), [], title="t", command=None, seconds=None
     )
@@ -223,3 +224,26 @@ def test_build_report_is_deterministic_and_complete(tmp_path):
     assert text.index("### nano") < text.index("### micro")  # smallest first
     report.build_report(tmp_path)
     assert path.read_text() == text
+
+
+def test_learned_difference_is_the_mean_over_cells_with_its_standard_error():
+    def cell(size, d_in, d_out):
+        return {"size": size, "learned_held_in": 0.5 + d_in, "best_held_in": 0.5,
+                "learned_held_out": 1.0 + d_out, "best_held_out": 1.0}  # fmt: skip
+
+    records = [cell("nano", 0.1, 0.0), cell("nano", 0.2, 0.2), cell("micro", 0.02, -0.1)]
+    records += [cell("micro", -0.02, 0.05)]
+    by_size = {d["size"]: d for d in report.learned_difference(records)}
+    assert list(by_size) == ["nano", "micro", "all"]
+    nano = by_size["nano"]
+    assert nano["cells"] == 2 and nano["held_in_difference"] == pytest.approx(0.15)
+    assert nano["held_in_se"] == pytest.approx(0.05)  # stdev 0.0707 / √2
+    assert nano["held_out_difference"] == pytest.approx(0.1) and nano["met"] is True
+    micro = by_size["micro"]  # held-in +0.00 ± 0.02: no evidence it beats
+    assert micro["held_in_difference"] == pytest.approx(0.0) and micro["met"] is False
+    assert by_size["all"]["cells"] == 4
+    assert by_size["all"]["held_out_difference"] == pytest.approx(0.0375)
+    lowered = [cell("tiny", 0.3, -0.01), cell("tiny", 0.31, -0.01)]  # held-in sure, out lower
+    assert report.learned_difference(lowered)[0]["met"] is False
+    one = report.learned_difference([cell("tiny", 0.3, 0.0)])
+    assert one[0]["met"] is None and math.isnan(one[0]["held_in_se"])

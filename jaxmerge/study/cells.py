@@ -3,10 +3,11 @@
 A cell is (size, base, k, seed, method). Its experts are the seed's first k categories
 (`config.expert_subset`). A fixed method (average, task arithmetic, TIES, DARE-TIES) is
 run at every setting of its grid and the setting with the best normalized held-in score
-on validation is kept; "learned" searches one coefficient per expert, θ = θ₀ + Σᵢ λᵢ τᵢ,
-with CMA-ES on the same validation score (Khalifa et al. 2024), starting from the λ that
-task arithmetic chose in the same cell (`StudyConfig.learned_space = "reallocate"`:
-shares task arithmetic's total k·λ among the experts instead, on the simplex); "multitask"
+on validation is kept; "learned" searches one coefficient per expert with CMA-ES on the
+same validation score (Khalifa et al. 2024), from task arithmetic's merge in the same
+cell: by default (`StudyConfig.learned_space = "reallocate"`) how to share task
+arithmetic's total k·λ among the experts, θ = θ₀ + k·λ Σᵢ cᵢ τᵢ with c on the simplex,
+or ("task_vector") free λᵢ, θ = θ₀ + Σᵢ λᵢ τᵢ, starting at task arithmetic's λ; "multitask"
 is the baseline model, scored on the same tasks. The kept model is then scored on the
 test split, and the cell gives one row per task (the columns of `jaxmerge.study.table`):
 
