@@ -572,10 +572,9 @@ def _learned_section(summary_records: Sequence[Mapping]) -> list[str]:
     lines += [
         "",
         "One cell's normalized held-out moves by 0.05-0.1 from sampling alone (at 32 rows a "
-        "task), so the bar is "
-        "read over cells: learned minus the best fixed recipe, mean over (base, k) ± its "
-        "standard error; met when the held-in difference is above twice its standard error "
-        "and the held-out difference is not below zero.",
+        "task), so the bar is read over cells: learned minus the best fixed recipe, mean "
+        "over (base, k) ± its standard error; met when the held-in difference is above "
+        "twice its standard error and the held-out difference is not below zero.",
         "",
         "| size | cells | held-in difference | held-out difference | met |",
         "|---|---:|---:|---:|---|",

@@ -175,6 +175,16 @@ def summary_compress(rng: random.Random) -> Example:
 
 
 # --- paraphrase identification ----------------------------------------------------
+def synonym_pair(rng: random.Random) -> tuple[str, str, tuple[str, str]]:
+    """(a, b, other): a word, its synonym and another pair, either word of a pair first,
+    so that a word drawn from `other` is as likely to stand anywhere as a or b (no one
+    word tells "same" from "different"; see paraphrase_synonym)."""
+    (a, b), other = rng.sample(SYNONYMS, 2)
+    if rng.random() < 0.5:
+        a, b = b, a
+    return a, b, other
+
+
 def paraphrase_synonym(rng: random.Random) -> Example:
     """s2 swaps s1's one adjective for its synonym (same) or for a word of another pair.
 
@@ -188,9 +198,7 @@ def paraphrase_synonym(rng: random.Random) -> Example:
     benchmarks/dataset_learnability.py), and the expert from either nano base to 98-100%
     in 1000 steps (docs/models_tasks_training.md).
     """
-    (a, b), other = rng.sample(SYNONYMS, 2)
-    if rng.random() < 0.5:
-        a, b = b, a
+    a, b, other = synonym_pair(rng)
     name = _people(rng, 1)[0].name
     same = rng.random() < 0.5
     s2 = b if same else rng.choice(other)

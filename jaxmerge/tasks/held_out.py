@@ -11,7 +11,7 @@ Each generator maps a `random.Random` to {"inputs", "choices", "label"}.
 import random
 
 from jaxmerge.tasks import held_in
-from jaxmerge.tasks.world import SYNONYMS, TOPICS, world
+from jaxmerge.tasks.world import TOPICS, world
 
 Example = dict
 
@@ -53,9 +53,7 @@ def nli_facts(rng: random.Random) -> Example:
     other tiny model, the bases and multitask baselines included, stays at 45-55
     (docs/models_tasks_training.md).
     """
-    (a, b), other = rng.sample(SYNONYMS, 2)
-    if rng.random() < 0.5:
-        a, b = b, a
+    a, b, other = held_in.synonym_pair(rng)
     name, city = rng.choice(world().people).name, rng.choice(world().cities)
     entailed = rng.random() < 0.5
     hypothesis = b if entailed else rng.choice(other)
