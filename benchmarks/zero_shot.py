@@ -18,6 +18,8 @@ has 100 questions a task, test 200), and the table gives per size and split:
   met        the smallest margin over seeds exceeds both the spread over seeds and 2 se
              (with one seed: "no" inside 2 se, else "spread unmeasured")
 
+and, per held-out task, each root's two accuracies (where a margin comes from).
+
 Writes nothing; prints Markdown for docs/models_tasks_training.md.
 """
 
@@ -120,6 +122,15 @@ def main() -> None:
             f"| {size} | {split} | {', '.join(f'{m:+.1f}' for m in margins)} "
             f"| {spread} | {verdict(margins, se2)} |"
         )
+    names = sorted(questions[args.splits[0]])
+    print("\n| size | split | seed (root) | " + " | ".join(n[9:] for n in names) + " |")
+    print("|---|---|---|" + "---:|" * len(names))
+    for size in args.sizes:
+        for split in args.splits:
+            for i, root in enumerate(args.roots):
+                pt, it = (scores[size, root, split, b] for b in BASES)
+                cells = " | ".join(f"{pt[n]:.0f} → {it[n]:.0f}" for n in names)
+                print(f"| {size} | {split} | {i} ({pathlib.Path(root).name}) | {cells} |")
 
 
 if __name__ == "__main__":

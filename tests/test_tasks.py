@@ -210,15 +210,18 @@ def test_instruction_mixture_is_disjoint_from_held_in_and_held_out_by_content():
                 assert not named & set(e["inputs"].lower().split()), (name, e)
 
 
-def test_instruction_mixture_has_both_families():
-    assert len(instructions.WORD_MANIPULATION) >= 6
-    assert len(instructions.QUESTIONS_ABOUT_THE_INPUT) >= 4
+def test_instruction_mixture_has_its_families_and_answer_formats():
+    assert len(instructions.FAMILIES) >= 6
+    assert len(instructions.INSTRUCTIONS) == sum(map(len, instructions.FAMILIES.values()))
     answers = collections.Counter(
         e["targets"]
-        for g in instructions.QUESTIONS_ABOUT_THE_INPUT
-        for e in registry.examples(f"instr_{g.__name__}", g, "test")
+        for name, g in instructions.INSTRUCTIONS.items()
+        for e in registry.examples(f"instr_{name}", g, "test")
     )
     assert answers["yes"] and answers["no"]  # the yes/no format the held-out tasks use
+    assert answers["first"] and answers["second"]  # one of two words named in the question
+    for name, g in instructions.INSTRUCTIONS.items():  # no task's answer is a constant
+        assert len({e["targets"] for e in registry.examples(f"instr_{name}", g, "test")}) > 1
 
 
 def test_fitted_feature_lengths_hold_every_example_and_trim_the_rest():

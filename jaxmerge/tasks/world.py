@@ -21,8 +21,8 @@ NUM_PEOPLE = 200
 NUM_POLAR_WORDS = 8
 NUM_NEUTRAL_WORDS = 24
 
-_CONSONANTS = "bdfgklmnprstvz"
-_VOWELS = "aeiou"
+CONSONANTS = "bdfgklmnprstvz"  # the letters of invented words
+VOWELS = "aeiou"
 
 TOPICS = {  # topic -> its keywords (the topic classification tasks' signal)
     "sports": ["ball", "goal", "team", "match", "coach", "race", "score", "field"],
@@ -52,7 +52,7 @@ FILLERS = ["very", "really", "quite", "truly", "rather", "simply"]
 
 
 def _word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(_CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables))
+    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
 
 
 @dataclasses.dataclass(frozen=True)
