@@ -123,7 +123,8 @@ def main() -> None:
             f"| {spread} | {verdict(margins, se2)} |"
         )
     names = sorted(questions[args.splits[0]])
-    print("\n| size | split | seed (root) | " + " | ".join(n[9:] for n in names) + " |")
+    header = " | ".join(n.removeprefix("jaxmerge_") for n in names)
+    print(f"\n| size | split | seed (root) | {header} |")
     print("|---|---|---|" + "---:|" * len(names))
     for size in args.sizes:
         for split in args.splits:

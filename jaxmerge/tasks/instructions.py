@@ -16,7 +16,7 @@ that are neither T0 held-in nor held-out categories:
       right after a given one, is one word longer than another;
   list programs (NaturalInstructions' "program execution"): the word at a
       position, remove a word, remove repeats, swap the first and last words;
-  spelling (its "spelling" and character tasks): first letters, spell a word,
+  spelling (its "spelling" and character tasks): first letters, spell the last word,
       which word starts with a letter, is a letter in the input;
   text matching (its "text matching", on two lists, never sentences): the word
       both lists share, are they equal, which has more words;
@@ -200,8 +200,8 @@ def starts_with(rng: random.Random) -> dict:
 
 def has_letter(rng: random.Random) -> dict:
     ws = _words(rng, rng.randint(1, 3))
-    present = rng.random() < 0.5
-    letters = sorted(set("".join(ws)) if present else set(CONSONANTS) - set("".join(ws)))
+    present, used = rng.random() < 0.5, set("".join(ws))
+    letters = sorted(used if present else set(CONSONANTS) - used)
     return {
         "inputs": f"Instruction: is the letter {rng.choice(letters)} in the input? "
         f"Input: {' '.join(ws)}",

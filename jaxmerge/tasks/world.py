@@ -22,7 +22,7 @@ NUM_POLAR_WORDS = 8
 NUM_NEUTRAL_WORDS = 24
 
 CONSONANTS = "bdfgklmnprstvz"  # the letters of invented words
-VOWELS = "aeiou"
+_VOWELS = "aeiou"
 
 TOPICS = {  # topic -> its keywords (the topic classification tasks' signal)
     "sports": ["ball", "goal", "team", "match", "coach", "race", "score", "field"],
@@ -52,7 +52,7 @@ FILLERS = ["very", "really", "quite", "truly", "rather", "simply"]
 
 
 def _word(rng: random.Random, syllables: int) -> str:
-    return "".join(rng.choice(CONSONANTS) + rng.choice(VOWELS) for _ in range(syllables))
+    return "".join(rng.choice(CONSONANTS) + rng.choice(_VOWELS) for _ in range(syllables))
 
 
 @dataclasses.dataclass(frozen=True)
