@@ -7,7 +7,10 @@
 #
 # Re-running it resumes: a finished run says "nothing to do" and a killed one resumes
 # from its newest checkpoint. Budgets (steps) default per size, below; override with
-# PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs).
+# PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs);
+# FT_STEPS_<category> sets one category's expert budget (by default milli's paraphrase
+# expert trains 1200 steps, since paraphrase_order needs them, unless FT_STEPS is set). IT_MIXTURE is the instruction-tuning mixture
+# (jaxmerge_instructions; jaxmerge_instructions_with_replay adds pre-training replay).
 # CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
@@ -26,15 +29,18 @@
 set -euo pipefail
 OUT=${1:?usage: $0 OUT [nano|micro|tiny|milli]}
 SIZE=${2:-nano}
+declare -A ft_steps_of=()  # expert budgets that differ from FT_STEPS, by category
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
   nano | micro | tiny) budget=(2000 3000 1000 1000) ;;
-  milli) budget=(1500 600 300 1200) ;;
+  milli) budget=(1500 600 300 1200) ft_steps_of=([paraphrase]=1200) ;;
   *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
+[ -z "${FT_STEPS:-}" ] || ft_steps_of=()  # a budget given for every expert holds for all
 PT_STEPS=${PT_STEPS:-${budget[0]}} IT_STEPS=${IT_STEPS:-${budget[1]}}
 FT_STEPS=${FT_STEPS:-${budget[2]}} MT_STEPS=${MT_STEPS:-${budget[3]}}
 CATEGORIES=${CATEGORIES:-"extractive_qa closed_book_qa sentiment topic structure_to_text summarization paraphrase multiple_choice_qa"}
 SEED=${SEED:-0} WARMUP_STEPS=${WARMUP_STEPS:-50} GEN_STEPS=${GEN_STEPS:-$((MT_STEPS / 2))}
+IT_MIXTURE=${IT_MIXTURE:-jaxmerge_instructions}
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 train() {
@@ -97,12 +103,14 @@ wait_for() {  # wait_for CHECKPOINT: until a pooled run has written it
   done
 }
 base_runs() {  # base_runs NAME INITIAL_CHECKPOINT START_STEP: its experts and multitask baseline
-  local base=$1 init=$2 start=$3 c
+  local base=$1 init=$2 start=$3 c steps_var steps
   for c in $CATEGORIES; do
+    steps_var=FT_STEPS_$c
+    steps=${!steps_var:-${ft_steps_of[$c]:-$FT_STEPS}}
     run "expert_${base}_$c" --gin_file=gin_configs/runs/expert.gin \
       --gin.MODEL_DIR="'$OUT/experts/$base/$c'" --gin.MIXTURE_OR_TASK_NAME="'jaxmerge_held_in_$c'" \
-      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + FT_STEPS))" \
-      --gin.DECAY_STEPS="$FT_STEPS"
+      --gin.INITIAL_CHECKPOINT_PATH="'$init'" --gin.TRAIN_STEPS="$((start + steps))" \
+      --gin.DECAY_STEPS="$steps"
   done
   run "multitask_$base" --gin_file=gin_configs/runs/multitask.gin \
     --gin.MODEL_DIR="'$OUT/multitask/$base'" --gin.INITIAL_CHECKPOINT_PATH="'$init'" \
@@ -137,6 +145,7 @@ else
   IT="$OUT/instruction_tuned/checkpoint_$((PT_STEPS + IT_STEPS))"
   run instruction_tuned --gin_file=gin_configs/runs/instruction_tune.gin \
     --gin.MODEL_DIR="'$OUT/instruction_tuned'" --gin.INITIAL_CHECKPOINT_PATH="'$PT'" \
+    --gin.MIXTURE_OR_TASK_NAME="'$IT_MIXTURE'" \
     --gin.TRAIN_STEPS="$((PT_STEPS + IT_STEPS))" --gin.DECAY_STEPS="$IT_STEPS"
 fi
 if [ "${BASES_ONLY:-0}" != 1 ]; then base_runs pretrained "$PT" "$PT_STEPS"; fi

@@ -52,6 +52,7 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
         PT_STEPS="3", IT_STEPS="2", FT_STEPS="2", MT_STEPS="2", WARMUP_STEPS="0",
         CATEGORIES="topic sentiment", JOBS="2", SCORE_MAX_EXAMPLES="2",
         GENERALISTS="topic sentiment", GEN_STEPS="2", GEN_TRUNK="2",
+        IT_MIXTURE="jaxmerge_instructions_with_replay",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     )  # fmt: skip
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
@@ -67,6 +68,8 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
     tasks = {r["task"] for r in quality["rows"] if r["model"] == "base/pretrained"}
     assert len(tasks) == 20  # 16 held-in, 4 held-out
     assert quality["summary"]["experts_total"] == 4
+    it_config = (tmp_path / "set/instruction_tuned/config.gin").read_text()
+    assert "jaxmerge_instructions_with_replay" in it_config
     assert all(r["tokens"] > 0 and r["seconds"] > 0 for r in quality["rows"])
     assert "| expert/pretrained/topic |" in first.stdout
     trunk = tmp_path / "set" / "generalists/trunk/checkpoint_5"  # PT_STEPS + GEN_TRUNK
@@ -90,12 +93,13 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
 
 
 def test_ladder_takes_ready_bases(tmp_path):
-    """BASES_FROM: the shipped nano bases are linked, not trained; experts start from them."""
+    """BASES_FROM: the shipped nano bases are linked, not trained; experts start from them,
+    with one category's own budget (FT_STEPS_<category>)."""
     bases = ROOT / "assets/demo_bases"
     before = sorted(p.relative_to(bases) for p in bases.rglob("*"))
     env = dict(
         os.environ, PYTHON=sys.executable, BASES_FROM=str(bases), FT_STEPS="2", MT_STEPS="2",
-        WARMUP_STEPS="0", CATEGORIES="topic", JOBS="2", SCORE="0",
+        FT_STEPS_topic="3", WARMUP_STEPS="0", CATEGORIES="topic", JOBS="2", SCORE="0",
         JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
     )  # fmt: skip
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
@@ -104,7 +108,7 @@ def test_ladder_takes_ready_bases(tmp_path):
     for base, step in (("pretrained", 2000), ("instruction_tuned", 5000)):
         assert (tmp_path / "set" / base).resolve() == bases / "nano" / base
         expert = tmp_path / "set/experts" / base / "topic"
-        assert model_set.latest_checkpoint(expert).name == f"checkpoint_{step + 2}"
+        assert model_set.latest_checkpoint(expert).name == f"checkpoint_{step + 3}"
     assert sorted(p.relative_to(bases) for p in bases.rglob("*")) == before
 
     env["BASES_FROM"] = str(tmp_path / "nowhere")

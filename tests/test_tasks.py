@@ -248,11 +248,53 @@ def test_fitted_feature_lengths_hold_every_example_and_trim_the_rest():
         )
 
 
-def test_fitted_feature_lengths_refuse_the_pretraining_corpus():
+def test_fitted_feature_lengths_refuse_a_task_that_is_not_built_in():
+    import seqio
+
     from jaxmerge.tasks import lengths
 
-    with pytest.raises(ValueError, match="jaxmerge_pretrain_corpus.*TASK_FEATURE_LENGTHS"):
-        lengths.fitted_feature_lengths("jaxmerge_pretrain")
+    tasks.register()
+    feature = seqio.Feature(registry.vocabulary())
+    no_rows = lambda split, shuffle_files=False, seed=None: None
+    seqio.TaskRegistry.add(
+        "test_not_built_in",
+        source=seqio.FunctionDataSource(no_rows, ["train"]),
+        output_features={"inputs": feature, "targets": feature},
+    )
+    try:
+        with pytest.raises(ValueError, match="'test_not_built_in'.*TASK_FEATURE_LENGTHS"):
+            lengths.fitted_feature_lengths("test_not_built_in")
+    finally:
+        seqio.TaskRegistry.remove("test_not_built_in")
+
+
+def test_pretraining_replay_fits_the_instruction_rows():
+    """jaxmerge_instructions_with_replay: REPLAY_FRACTION of its examples are span
+    corruption of the pre-training documents, split into pieces that fit the instruction
+    mixture's rows untruncated, and the pieces hold every token of the documents."""
+    import seqio
+
+    from jaxmerge.tasks import lengths
+
+    tasks.register()
+    mixture = seqio.get_mixture_or_task("jaxmerge_instructions_with_replay")
+    rates = {t.name: mixture.get_rate(t) for t in mixture.tasks}
+    replay_rate = rates.pop(f"jaxmerge_pretrain_corpus_{registry.REPLAY_MAX_TOKENS}")
+    assert set(rates) == {f"jaxmerge_instr_{d}" for d in instructions.INSTRUCTIONS}
+    assert replay_rate / (replay_rate + sum(rates.values())) == pytest.approx(
+        registry.REPLAY_FRACTION
+    )
+
+    fitted = lengths.fitted_feature_lengths("jaxmerge_instructions_with_replay")
+    assert fitted == lengths.fitted_feature_lengths("jaxmerge_instructions")
+    whole, pieces = (
+        registry.pretraining_examples("validation", n) for n in (None, registry.REPLAY_MAX_TOKENS)
+    )
+    assert max(len(x) for x in pieces[0]) < fitted["inputs"] < max(len(x) for x in whole[0])
+    assert max(len(y) for y in pieces[1]) < fitted["targets"]
+    plain = lambda rows: sum(int((r < 259).sum()) for r in rows)  # bytes, not sentinels
+    assert plain(pieces[0]) + plain(pieces[1]) == plain(whole[0]) + plain(whole[1])
+    assert len(pieces[0]) > len(whole[0])
 
 
 def test_instruction_families_are_mixtures():

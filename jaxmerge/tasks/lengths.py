@@ -46,20 +46,34 @@ def fitted_feature_lengths(mixture_or_task_name: str) -> dict[str, int]:
     return dict(_fitted(mixture_or_task_name))
 
 
+def _example_lengths(task_name: str, mixture_or_task_name: str) -> list[tuple[int, int]]:
+    """(inputs, targets) lengths in tokens, EOS included, of a built-in task's train split
+    (for a held-out task, targets is its longest choice)."""
+    corpora = registry.pretraining_corpora()
+    if task_name in corpora:
+        inputs, targets = registry.pretraining_examples("train", corpora[task_name])
+        return [(len(x) + 1, len(y) + 1) for x, y in zip(inputs, targets, strict=True)]
+    datasets = registry.generated_datasets()
+    if task_name not in datasets:
+        raise ValueError(
+            f"task_feature_lengths: {task_name!r} (in {mixture_or_task_name!r}) is not a "
+            "built-in task; set TASK_FEATURE_LENGTHS explicitly"
+        )
+    dataset, generator = datasets[task_name]
+    return [
+        (
+            len(e["inputs"].encode()) + 1,
+            max(len(x.encode()) for x in e.get("choices", [e.get("targets", "")])) + 1,
+        )
+        for e in registry.examples(dataset, generator, "train")
+    ]
+
+
 @functools.cache
 def _fitted(mixture_or_task_name: str) -> dict[str, int]:
-    datasets = registry.generated_datasets()
     n_in = n_t = sum_in = sum_t = 0
     for name in task_names(mixture_or_task_name):
-        if name not in datasets:
-            raise ValueError(
-                f"task_feature_lengths: {name!r} (in {mixture_or_task_name!r}) is not a "
-                "generated built-in task; set TASK_FEATURE_LENGTHS explicitly"
-            )
-        dataset, generator = datasets[name]
-        for e in registry.examples(dataset, generator, "train"):
-            i = len(e["inputs"].encode()) + 1
-            t = max(len(x.encode()) for x in e.get("choices", [e.get("targets", "")])) + 1
+        for i, t in _example_lengths(name, mixture_or_task_name):
             n_in, n_t = max(n_in, i), max(n_t, t)
             sum_in, sum_t = sum_in + i, sum_t + t
     inputs = _round_up(n_in, INPUT_QUANTUM)

@@ -11,12 +11,16 @@ Registered names (call `register()` once; it is idempotent):
   jaxmerge_<dataset>                one Task per dataset (held-in, held-out,
                                     instruction: jaxmerge_instr_<name>)
   jaxmerge_pretrain_corpus          span-corruption Task on the pretraining text
+  jaxmerge_pretrain_corpus_<n>      the same text, each document first split into pieces of
+                                    at most n tokens (n = REPLAY_MAX_TOKENS)
   jaxmerge_held_in_<category>       the 2 datasets of one held-in category (an expert)
   jaxmerge_held_in_tilted_<category>  all held-in datasets, <category>'s at TILT_RATE x
                                     the rest's (the Recycle paper's generalists, which
                                     trade tasks off against each other)
   jaxmerge_instructions_<family>    one family of instruction tasks (instructions.FAMILIES)
   jaxmerge_pretrain, jaxmerge_instructions, jaxmerge_held_in, jaxmerge_held_out
+  jaxmerge_instructions_with_replay jaxmerge_instructions with REPLAY_FRACTION of its
+                                    examples from jaxmerge_pretrain_corpus_<n> (replay)
   jaxmerge_held_in_of_<c1>__<c2>…   the datasets of some held-in categories, registered
                                     on demand by `held_in_mixture` (a study's suite)
 """
@@ -36,6 +40,14 @@ SPLIT_OF_BUCKET = {0: "test", 1: "validation"}  # crc32(inputs) % 10; the rest i
 NUM_SENTINELS = 100
 NOISE_DENSITY, MEAN_NOISE_SPAN = 0.15, 3.0
 TILT_RATE = 5.0
+# Pre-training replay during instruction tuning: a fraction of the examples are span
+# corruption of the pre-training text, split into pieces that fit the instruction
+# mixture's fitted inputs length (128), as T5 splits C4 into inputs-length pieces
+# (`split_tokens`). Co-training on span corruption with supervised tasks is ExT5's
+# recipe (Aribandi et al. 2022, arXiv:2111.10952); here it is meant to keep what
+# pre-training stored while the instruction tasks are learned.
+REPLAY_MAX_TOKENS = 128
+REPLAY_FRACTION = 0.25
 
 
 def _crc(text: str) -> int:
@@ -94,12 +106,16 @@ def _rank_classification_source(name: str, generator):
 
 
 @functools.cache
-def pretraining_examples(split: str) -> tuple[np.ndarray, np.ndarray]:
+def pretraining_examples(
+    split: str, max_tokens: int | None = None
+) -> tuple[tuple[np.ndarray, ...], tuple[np.ndarray, ...]]:
     """Span-corrupted pretraining documents of one split, as token ids (no EOS yet).
 
     Tokenized with `vocabulary()` and corrupted here, once, in Python (no
-    `tf.numpy_function` in the input pipeline). Returns ragged rows as two tuples
-    of int32 arrays: (inputs, targets).
+    `tf.numpy_function` in the input pipeline). With `max_tokens`, each document of n
+    tokens is first split into ceil(n / max_tokens) pieces of near-equal length, each
+    corrupted on its own. Returns ragged rows as two tuples of int32 arrays:
+    (inputs, targets).
     """
     vocab = vocabulary()
     n = {"train": PRETRAIN_SIZE}.get(split, SPLIT_SIZES[split])
@@ -107,22 +123,35 @@ def pretraining_examples(split: str) -> tuple[np.ndarray, np.ndarray]:
     inputs, targets = [], []
     for _ in range(n):
         tokens = np.asarray(vocab.encode(instructions.pretraining_document(rng)["text"]), np.int32)
-        x, y = span_corrupt(tokens, vocab.vocab_size)
-        inputs.append(x)
-        targets.append(y)
+        pieces = 1 if max_tokens is None else -(-len(tokens) // max_tokens)
+        for piece in np.array_split(tokens, pieces):
+            x, y = span_corrupt(piece, vocab.vocab_size)
+            inputs.append(x)
+            targets.append(y)
     return tuple(inputs), tuple(targets)
 
 
-def _pretrain_source(split, shuffle_files=False, seed=None):
-    import tensorflow as tf
+def pretraining_corpora() -> dict[str, int | None]:
+    """seqio task name -> max_tokens of each span-corruption Task (`pretraining_examples`)."""
+    return {
+        "jaxmerge_pretrain_corpus": None,
+        f"jaxmerge_pretrain_corpus_{REPLAY_MAX_TOKENS}": REPLAY_MAX_TOKENS,
+    }
 
-    inputs, targets = pretraining_examples(split)
-    ragged = lambda rows: tf.RaggedTensor.from_row_lengths(
-        np.concatenate(rows), [len(r) for r in rows]
-    )
-    return tf.data.Dataset.from_tensor_slices(
-        {"inputs": ragged(inputs), "targets": ragged(targets)}
-    )
+
+def _pretrain_source(max_tokens: int | None):
+    def dataset_fn(split, shuffle_files=False, seed=None):
+        import tensorflow as tf
+
+        inputs, targets = pretraining_examples(split, max_tokens)
+        ragged = lambda rows: tf.RaggedTensor.from_row_lengths(
+            np.concatenate(rows), [len(r) for r in rows]
+        )
+        return tf.data.Dataset.from_tensor_slices(
+            {"inputs": ragged(inputs), "targets": ragged(targets)}
+        )
+
+    return dataset_fn
 
 
 def _random_partition(rng: random.Random, n: int, k: int) -> list[int]:
@@ -245,15 +274,24 @@ def register() -> None:
     for family, generators in instructions.FAMILIES.items():
         add_mixture(f"jaxmerge_instructions_{family}", [instr[g.__name__] for g in generators])
 
-    add(
-        "jaxmerge_pretrain_corpus",
-        seqio.FunctionDataSource(_pretrain_source, splits),
-        preprocessors=[  # the source yields span-corrupted token ids
-            seqio.CacheDatasetPlaceholder(),
-            seqio.preprocessors.append_eos_after_trim,
-        ],
+    corpora = [
+        add(
+            name,
+            seqio.FunctionDataSource(_pretrain_source(max_tokens), splits),
+            preprocessors=[  # the source yields span-corrupted token ids
+                seqio.CacheDatasetPlaceholder(),
+                seqio.preprocessors.append_eos_after_trim,
+            ],
+        )
+        for name, max_tokens in pretraining_corpora().items()
+    ]
+    add_mixture("jaxmerge_pretrain", corpora[:1])
+    replay_rate = REPLAY_FRACTION / (1 - REPLAY_FRACTION) * len(instr)  # instr: 1.0 each
+    add_mixture(
+        "jaxmerge_instructions_with_replay",
+        [*instr.values(), corpora[1]],
+        {corpora[1]: replay_rate},
     )
-    add_mixture("jaxmerge_pretrain", ["jaxmerge_pretrain_corpus"])
 
 
 def held_in_mixture(categories) -> str:
