@@ -16,6 +16,7 @@ Writes nothing; prints a Markdown table.
 """
 
 import argparse
+import functools
 import pathlib
 
 import numpy as np
@@ -41,6 +42,7 @@ def _row(ids: list[int], length: int) -> np.ndarray:
     return np.asarray(ids + [0] * (length - len(ids)), np.int32)
 
 
+@functools.cache  # the same rows for every base probed
 def cloze_batch(fact: str) -> tuple[dict[str, np.ndarray], int]:
     """Every (person, candidate) row of one fact's probe, person-major: the batch
     `score_batch` takes, and the number of candidates a person."""
@@ -79,10 +81,7 @@ def main() -> None:
     for size in args.sizes:
         for root in args.roots:
             for base in BASES:
-                directory = pathlib.Path(root, size, base)
-                path = model_set.latest_checkpoint(directory)
-                if path is None:
-                    raise SystemExit(f"{directory}: no checkpoint_<step> (launch/demo_bases.sh)")
+                path = model_set.base_checkpoint(root, size, base)
                 params, _, _ = training.restore_checkpoint(path)
                 config = eval_run.model_config(str(path))
                 cells = " | ".join(f"{recall(config, params, fact):.1f}" for fact in CLOZES)
@@ -91,4 +90,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as e:  # a root without a base: one line, not a traceback
+        raise SystemExit(str(e)) from None

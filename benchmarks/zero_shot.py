@@ -86,10 +86,7 @@ def main() -> None:
         evaluators = {}
         for root in args.roots:
             for base in BASES:
-                directory = pathlib.Path(root, size, base)
-                path = model_set.latest_checkpoint(directory)
-                if path is None:
-                    raise SystemExit(f"{directory}: no checkpoint_<step> (launch/demo_bases.sh)")
+                path = model_set.base_checkpoint(root, size, base)
                 params, _, _ = training.restore_checkpoint(path)
                 for split in args.splits:
                     if split not in evaluators:
@@ -135,4 +132,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except FileNotFoundError as e:  # a root without a base: one line, not a traceback
+        raise SystemExit(str(e)) from None

@@ -59,6 +59,16 @@ def latest_checkpoint(directory: pathlib.Path) -> pathlib.Path | None:
     return max(steps)[1] if steps else None
 
 
+def base_checkpoint(root, size: str, base: str) -> pathlib.Path:
+    """ROOT/<size>/<base>/checkpoint_N of the highest N: a base in launch/demo_bases.sh's
+    layout. Raises FileNotFoundError naming the directory when it has none."""
+    directory = pathlib.Path(root, size, base)
+    path = latest_checkpoint(directory)
+    if path is None:
+        raise FileNotFoundError(f"{directory}: no checkpoint_<step> (launch/demo_bases.sh)")
+    return path
+
+
 def train_stats(directory: pathlib.Path) -> dict:
     """train_stats.json of a model directory ({} if absent): steps, tokens, seconds."""
     try:
