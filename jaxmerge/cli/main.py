@@ -15,7 +15,6 @@ import traceback
 
 from jaxmerge import distributed
 from jaxmerge.cli import quiet
-from jaxmerge.cli.gin_flags import expand_gin_flags
 from jaxmerge.errors import InputError
 
 # name -> (module, one-line help). A command module keeps its heavy imports (seqio,
@@ -146,10 +145,14 @@ def _verbosity(argv: list[str]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     from_command_line = argv is None
-    argv = expand_gin_flags(sys.argv[1:] if argv is None else argv)  # T5X's --gin.KEY=VALUE
-    quiet.quiet_libraries(_verbosity(argv))
-    if from_command_line:
+    if from_command_line:  # first: nothing imported yet is imported twice (JAX: 1-2 s)
         relaunch_with_huge_pages()
+    argv = sys.argv[1:] if argv is None else argv
+    quiet.quiet_libraries(_verbosity(argv))  # before JAX and TensorFlow are imported
+    from jaxmerge.cli.gin_flags import expand_gin_flags
+
+    argv = expand_gin_flags(argv)  # T5X's --gin.KEY=VALUE
+    if from_command_line:
         use_compilation_cache()
     args = build_parser().parse_args(argv)
     module = importlib.import_module(COMMANDS[args.command][0])
