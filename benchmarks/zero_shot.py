@@ -6,7 +6,8 @@
 Issue 13's bar: the instruction-tuned base beats the pre-trained base zero-shot on the
 held-out mixture by a margin larger than the spread over seeds. Each BASES root is one
 seed's bases as `launch/demo_bases.sh` writes them (ROOT/<size>/{pretrained,
-instruction_tuned}/checkpoint_N). Both bases of every (root, size) are rank-classified on
+instruction_tuned}/checkpoint_N). Both bases of every (root, size) are rank-classified (a
+checkpoint that several roots link, a shared pre-trained base, once) on
 every row of the held-out tasks' splits (the Evaluator `jaxmerge eval` runs; validation
 has 100 questions a task, test 200, train 2000: no model ever trains on a held-out task, so
 `--splits train` is ten times the test split's unseen questions, 2 se of about 1.6 points
@@ -85,19 +86,24 @@ def main() -> None:
         for split in args.splits
     }
     scores = {}  # (size, root, split, base) -> {task: accuracy}
+    by_checkpoint = {}  # (resolved path, split) -> the same: roots that share a base link it
     for size in args.sizes:
         evaluators = {}
         for root in args.roots:
             for base in BASES:
                 path = model_set.base_checkpoint(root, size, base)
-                params, _, _ = training.restore_checkpoint(path)
-                for split in args.splits:
+                todo = [s for s in args.splits if (path.resolve(), s) not in by_checkpoint]
+                params = training.restore_checkpoint(path)[0] if todo else None
+                for split in todo:
                     if split not in evaluators:
                         config = eval_run.model_config(str(path))
                         evaluators[split] = Evaluator(config, ["jaxmerge_held_out"], split=split)
                     metrics = evaluators[split].evaluate(params)
-                    got = {t: m["accuracy"] for t, m in metrics.items()}
-                    scores[size, root, split, base] = got
+                    by_checkpoint[path.resolve(), split] = {
+                        t: m["accuracy"] for t, m in metrics.items()
+                    }
+                for split in args.splits:
+                    got = scores[size, root, split, base] = by_checkpoint[path.resolve(), split]
                     print(f"{size} {base} {split} ({root}): {_mean(got):.1f}", flush=True)
     print("\n| size | split | seed (root) | pre-trained | instruction-tuned | margin | ± 2 se |")
     print("|---|---|---|---:|---:|---:|---:|")
