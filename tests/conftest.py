@@ -1,20 +1,39 @@
-"""Test set-up: 8 CPU devices so that sharding is tested for real on every run.
+"""Test set-up: 8 CPU devices so that sharding is tested for real on every run, and
+XLA told to compile quickly.
 
-The flag must be set before JAX initialises its backend, i.e. before any test
+The flags must be set before JAX initialises its backend, i.e. before any test
 module touches a device; conftest.py is imported first.
+
+Compiling, not running, is most of what the tests' tiny models cost: a test builds
+the same programs again (new closures, equal HLO), and each `jaxmerge` it starts
+compiles them afresh. So the tests compile at LLVM's lowest optimization level
+(tests/xla_flags.py, which every test that starts processes passes on), and this
+process keeps a persistent compilation cache, one per test run, shared by the xdist
+workers. tests/test_evaluator.py, compile-heavy, took 86 s at the default level with
+no cache and 51 s with both.
 """
 
 import os
+import shutil
+import tempfile
+
+from tests.xla_flags import TEST_XLA_FLAGS
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-_flag = "--xla_force_host_platform_device_count=8"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+for _flag in (TEST_XLA_FLAGS, "--xla_force_host_platform_device_count=8"):
+    if _flag.split("=")[0] not in os.environ.get("XLA_FLAGS", ""):
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# The controller makes the run's cache; the xdist workers it starts inherit the variable.
+if "PYTEST_XDIST_WORKER" not in os.environ:
+    os.environ["JAXMERGE_TEST_COMPILATION_CACHE"] = tempfile.mkdtemp(prefix="jaxmerge-xla-")
 
 import jax  # noqa: E402
 
 jax.config.update("jax_platforms", "cpu")
 jax.config.update("jax_threefry_partitionable", True)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAXMERGE_TEST_COMPILATION_CACHE"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
 
 
 import fcntl  # noqa: E402
@@ -74,3 +93,8 @@ def _one_test_joining_processes_at_a_time(request, tmp_path_factory):
     with open(lock, "a") as f:
         fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes
         yield
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the controller (or a run without xdist)
+        shutil.rmtree(os.environ["JAXMERGE_TEST_COMPILATION_CACHE"], ignore_errors=True)

@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.xla_flags import TEST_XLA_FLAGS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -24,7 +26,7 @@ def free_port() -> int:
 def run_two_processes(script: str, *args: str, timeout: float = 240) -> list[str]:
     """Each worker's combined output; fails the test unless both exit 0."""
     env = dict(os.environ, PYTHONPATH=REPO)
-    env.pop("XLA_FLAGS", None)  # the script sets its own device count
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # the script adds its own device count
     port = str(free_port())
     workers = [
         subprocess.Popen(

@@ -13,7 +13,7 @@ from tests.test_checkpoints import bits, make_model
 WORKER = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
     import jax
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

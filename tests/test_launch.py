@@ -21,6 +21,7 @@ import pytest
 from jaxmerge import training
 from jaxmerge.models import params as param_utils
 from tests.test_merge import make_models, read_all, write_all
+from tests.xla_flags import TEST_XLA_FLAGS, xla_flags
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 LOCAL = str(REPO / "launch" / "local.sh")
@@ -29,7 +30,7 @@ JAXMERGE = [sys.executable, "-m", "jaxmerge"]
 
 def _env(**extra) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), JAXMERGE_COMPILATION_CACHE="off")
-    env.pop("XLA_FLAGS", None)  # each run sets its own device count
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # each run sets its own device count
     return {**env, **extra}
 
 
@@ -45,12 +46,12 @@ def _local(n: int, *command, timeout: float = 240, **env) -> subprocess.Complete
 
 def _one_process(*command, timeout: float = 240) -> subprocess.CompletedProcess:
     """The same command as one process with 8 CPU devices."""
-    env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = _env(JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(8))
     return _run([*JAXMERGE, *command], env, timeout)
 
 
 def test_dry_run_prints_each_process_command():
-    out = _local(2, "jaxmerge", "eval", "--tasks", "a b", DRY_RUN="1", PORT="4321")
+    out = _local(2, "jaxmerge", "eval", "--tasks", "a b", DRY_RUN="1", PORT="4321", XLA_FLAGS="")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines == [
@@ -160,7 +161,7 @@ def test_a_killed_process_ends_the_run_within_the_bound(tmp_path):
     for pid in (0, 1):
         env = _env(
             JAX_PLATFORMS="cpu",
-            XLA_FLAGS="--xla_force_host_platform_device_count=4",
+            XLA_FLAGS=xla_flags(4),
             JAXMERGE_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
             JAXMERGE_NUM_PROCESSES="2",
             JAXMERGE_PROCESS_ID=str(pid),
@@ -321,7 +322,7 @@ def test_slurm_per_node_joins_the_processes(tmp_path):
         PATH=f"{fake}:{os.environ['PATH']}",
         LOGS=str(tmp_path),
         JAX_PLATFORMS="cpu",
-        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+        XLA_FLAGS=xla_flags(2),
         PYTHON_ENV=str(tmp_path / "no-venv"),
     )
     # A real checkpoint: both processes finish and leave through JAX's shutdown barrier.

@@ -17,6 +17,7 @@ from jaxmerge import checkpoints
 from jaxmerge.errors import InputError
 from jaxmerge.merging import MergeConfig, merge_checkpoints, parse_bytes
 from jaxmerge.methods import merge_trees
+from tests.xla_flags import xla_flags
 
 SHAPES = {
     "encoder/layers_0/attention/query/kernel": (16, 8),
@@ -182,7 +183,7 @@ def test_eight_devices_give_the_same_bytes_as_one(tmp_path, run_cli, method):
     args += ["--trim", trim] if trim else []
     eight = run_cli("merge", *args, "--output", tmp_path / "eight")
     assert eight.returncode == 0, eight.stderr
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    env = dict(os.environ, XLA_FLAGS=xla_flags(1))
     env["PYTHONPATH"] = str(pathlib.Path(__file__).resolve().parents[1])
     one = subprocess.run(
         [sys.executable, "-m", "jaxmerge", "merge", *map(str, args), "--output", tmp_path / "one"],

@@ -17,7 +17,7 @@ from tests.test_merge import make_models, read_all, write_all
 WORKER = textwrap.dedent(
     """
     import os, sys
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    os.environ["XLA_FLAGS"] += " --xla_force_host_platform_device_count=4"
     import jax
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

@@ -18,6 +18,7 @@ from jaxmerge.cli import main as cli
 from jaxmerge.errors import CheckpointError
 from jaxmerge.models import decoding, params, t5
 from tests.tiny_t5 import TINY
+from tests.xla_flags import TEST_XLA_FLAGS
 
 LENGTHS = {"inputs": 96, "targets": 16}
 
@@ -121,7 +122,7 @@ def test_train_is_a_cli_command():
 def _train_cli(*args, cache=None, timeout=240):
     """`jaxmerge train ...` as a user runs it, on one
     CPU device, sharing a persistent compilation cache between runs to save compile time."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS)
     if cache is not None:
         env.update(
             JAX_COMPILATION_CACHE_DIR=str(cache), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0"
