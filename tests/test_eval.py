@@ -239,8 +239,20 @@ def test_hugging_face_directory_is_read_with_its_sentencepiece_model(tmp_path):
     assert summary["models"][0]["metrics"][TASKS[0]]["accuracy"] >= 0.0
 
 
-def _error(tmp_path, *args) -> str:
+def _error(tmp_path, *args, capsys=None) -> str:
+    """The one line `jaxmerge eval ARGS` writes on stderr as it exits 2. In a process of its
+    own, as a user runs it (so that the libraries' start-up noise would show), or with
+    `capsys` in this one: the same code path without the 5-8 s of starting TensorFlow."""
     out = tmp_path / "bad_out"
+    if capsys is not None:
+        capsys.readouterr()
+        status = main(["eval", *args, "--output", str(out), *SMALL, "--no_cache"])
+        stderr = capsys.readouterr().err
+        assert status == 2, stderr
+        assert not out.exists()
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr
+        return lines[0]
     code = subprocess.run(
         [
             sys.executable,
@@ -266,22 +278,28 @@ def _error(tmp_path, *args) -> str:
     return lines[0]
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path, models):
+def test_bad_input_exits_2_with_one_line(tmp_path, models, capsys):
     line = _error(tmp_path, "--checkpoint", models["m1"], "--tasks", "jaxmerge_sentimen_review")
     assert "no seqio Task or Mixture named 'jaxmerge_sentimen_review'" in line
     assert "did you mean jaxmerge_sentiment_review" in line
     line = _error(
-        tmp_path, "--checkpoint", models["m1"], "--tasks", TASKS[0], "--module", "no_such_mod"
-    )
+        tmp_path, "--checkpoint", models["m1"], "--tasks", TASKS[0], "--module", "no_such_mod",
+        capsys=capsys,
+    )  # fmt: skip
     assert "--module no_such_mod: import failed: ModuleNotFoundError" in line
     # t5_tiny.gin's sizes but emb_dim 32: every parameter is there, with other shapes
     narrow = dataclasses.replace(TINY_GIN, emb_dim=32)
     path = _checkpoint(tmp_path / "narrow", 0, narrow)
     gin_model = ["--gin_file=gin_configs/models/t5_tiny.gin", "--gin.DROPOUT_RATE=0.0"]
-    line = _error(tmp_path, "--checkpoint", path, "--tasks", TASKS[0], *gin_model)
+    line = _error(tmp_path, "--checkpoint", path, "--tasks", TASKS[0], *gin_model, capsys=capsys)
     assert f"{path}: parameter " in line
     assert "has shape" in line and "the model config expects" in line, line
-    line = _error(tmp_path, "--checkpoint", str(tmp_path / "nothing"), "--tasks", TASKS[0])
+    line = _error(
+        tmp_path, "--checkpoint", str(tmp_path / "nothing"), "--tasks", TASKS[0], capsys=capsys
+    )
     assert "checkpoint not found" in line
-    line = _error(tmp_path, "--checkpoint", models["m1"], "--tasks", TASKS[0], "--expert", "oops")
+    line = _error(
+        tmp_path, "--checkpoint", models["m1"], "--tasks", TASKS[0], "--expert", "oops",
+        capsys=capsys,
+    )  # fmt: skip
     assert "expected CATEGORY=PATH" in line

@@ -98,7 +98,17 @@ def test_simplex_with_one_checkpoint_gives_weight_one(tmp_path, pool):
     assert summary["coefficients"]["all"] == [1.0]
 
 
-def _error(*args) -> str:
+def _error(*args, capsys=None) -> str:
+    """The one line `jaxmerge learn ARGS` writes on stderr as it exits 2: in a process of its
+    own, as a user runs it, or with `capsys` in this one (no TensorFlow start-up)."""
+    if capsys is not None:
+        capsys.readouterr()
+        status = main(["learn", *args])
+        stderr = capsys.readouterr().err
+        assert status == 2, stderr
+        lines = stderr.strip().splitlines()
+        assert len(lines) == 1, stderr
+        return lines[0]
     out = subprocess.run(
         [sys.executable, "-m", "jaxmerge", "learn", *args],
         capture_output=True,
@@ -113,21 +123,21 @@ def _error(*args) -> str:
     return lines[0]
 
 
-def test_bad_input_exits_2_with_one_line(tmp_path, pool):
+def test_bad_input_exits_2_with_one_line(tmp_path, pool, capsys):
     common = ["--base", pool["base"], "--output", str(tmp_path / "bad")]
     line = _error(*common, "--experts", pool["e1"], "--tasks", "jaxmerge_nli_fact")
     assert "no seqio Task or Mixture named 'jaxmerge_nli_fact'" in line
     rule = ["--group_rule", "nothing/.*=x"]
-    line = _error(*common, "--experts", pool["e1"], *SMALL, *rule)
+    line = _error(*common, "--experts", pool["e1"], *SMALL, *rule, capsys=capsys)
     assert "--group_rule nothing/.*=x: matches no parameter" in line
     wide = params.unbox(
         t5.init_params(t5.T5Config(**{**TINY.__dict__, "mlp_dim": 32}), jax.random.key(0))
     )
     tx = training.adafactor(training.constant(0.01))
     other = str(training.save_checkpoint(tmp_path / "other", 4, wide, tx.init(wide)))
-    line = _error(*common, "--experts", pool["e1"], other, *SMALL)
+    line = _error(*common, "--experts", pool["e1"], other, *SMALL, capsys=capsys)
     assert f"{other}: parameter" in line and "has shape" in line
-    line = _error(*common, "--experts", pool["e1"], *SMALL, "--preprocess", "trim")
+    line = _error(*common, "--experts", pool["e1"], *SMALL, "--preprocess", "trim", capsys=capsys)
     assert "--preprocess='trim': choose from none, ties, dare" in line
     assert not (tmp_path / "bad" / "coefficients.json").exists()
 

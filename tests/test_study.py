@@ -228,6 +228,7 @@ def test_demo_bases_are_rebuilt_by_their_recipe(tmp_path):
     from jaxmerge import checkpoints
 
     env = _env() | {"SIZES": "nano", "PT_STEPS": "3", "IT_STEPS": "2", "PYTHON": sys.executable}
+    env["XLA_FLAGS"] = TEST_XLA_FLAGS  # two trainings of a few steps: compiling is the cost
     result = subprocess.run(
         ["bash", REPO_ROOT / "launch" / "demo_bases.sh", tmp_path / "bases"],
         capture_output=True, text=True, timeout=300, env=env, stdin=subprocess.DEVNULL,
