@@ -9,8 +9,11 @@
 # from its newest checkpoint. Budgets (steps) default per size, below; override with
 # PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs);
 # FT_STEPS_<category> sets one category's expert budget (by default milli's paraphrase
-# expert trains 1200 steps, since paraphrase_order needs them, unless FT_STEPS is set). IT_MIXTURE is the instruction-tuning mixture
-# (jaxmerge_instructions; jaxmerge_instructions_with_replay adds pre-training replay).
+# expert trains 1200 steps, since paraphrase_order needs them, and its closed-book expert
+# 600, unless FT_STEPS is set; docs/models_tasks_training.md). IT_MIXTURE is the
+# instruction-tuning mixture (jaxmerge_instructions; jaxmerge_instructions_with_replay adds
+# pre-training replay, which milli's closed-book expert from the instruction-tuned base
+# needs to reach its bar).
 # CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
@@ -32,7 +35,7 @@ SIZE=${2:-nano}
 declare -A ft_steps_of=()  # expert budgets that differ from FT_STEPS, by category
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
   nano | micro | tiny) budget=(2000 3000 1000 1000) ;;
-  milli) budget=(1500 600 300 1200) ft_steps_of=([paraphrase]=1200) ;;
+  milli) budget=(1500 600 300 1200) ft_steps_of=([paraphrase]=1200 [closed_book_qa]=600) ;;
   *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
 [ -z "${FT_STEPS:-}" ] || ft_steps_of=()  # a budget given for every expert holds for all
