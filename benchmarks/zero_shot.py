@@ -92,18 +92,17 @@ def main() -> None:
         for root in args.roots:
             for base in BASES:
                 path = model_set.base_checkpoint(root, size, base)
-                todo = [s for s in args.splits if (path.resolve(), s) not in by_checkpoint]
+                resolved = path.resolve()
+                todo = [s for s in args.splits if (resolved, s) not in by_checkpoint]
                 params = training.restore_checkpoint(path)[0] if todo else None
                 for split in todo:
                     if split not in evaluators:
                         config = eval_run.model_config(str(path))
                         evaluators[split] = Evaluator(config, ["jaxmerge_held_out"], split=split)
                     metrics = evaluators[split].evaluate(params)
-                    by_checkpoint[path.resolve(), split] = {
-                        t: m["accuracy"] for t, m in metrics.items()
-                    }
+                    by_checkpoint[resolved, split] = {t: m["accuracy"] for t, m in metrics.items()}
                 for split in args.splits:
-                    got = scores[size, root, split, base] = by_checkpoint[path.resolve(), split]
+                    got = scores[size, root, split, base] = by_checkpoint[resolved, split]
                     print(f"{size} {base} {split} ({root}): {_mean(got):.1f}", flush=True)
     print("\n| size | split | seed (root) | pre-trained | instruction-tuned | margin | ± 2 se |")
     print("|---|---|---|---:|---:|---:|---:|")

@@ -244,37 +244,22 @@ def _error(tmp_path, *args, capsys=None) -> str:
     own, as a user runs it (so that the libraries' start-up noise would show), or with
     `capsys` in this one: the same code path without the 5-8 s of starting TensorFlow."""
     out = tmp_path / "bad_out"
+    argv = ["eval", *map(str, args), "--output", str(out), *SMALL, "--no_cache"]
     if capsys is not None:
         capsys.readouterr()
-        status = main(["eval", *args, "--output", str(out), *SMALL, "--no_cache"])
+        status = main(argv)
         stderr = capsys.readouterr().err
-        assert status == 2, stderr
-        assert not out.exists()
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, stderr
-        return lines[0]
-    code = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "jaxmerge",
-            "eval",
-            *args,
-            "--output",
-            str(out),
-            *SMALL,
-            "--no_cache",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "JAXMERGE_COMPILATION_CACHE": "off"},
-    )
-    assert code.returncode == 2, code.stderr
+    else:
+        env = {**os.environ, "JAXMERGE_COMPILATION_CACHE": "off"}
+        run = subprocess.run(
+            [sys.executable, "-m", "jaxmerge", *argv],
+            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+        )  # fmt: skip
+        status, stderr = run.returncode, run.stderr
+    assert status == 2, stderr
     assert not out.exists()
-    lines = code.stderr.strip().splitlines()
-    assert len(lines) == 1, code.stderr  # one line, and none of the libraries' start-up noise
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr  # one line, and none of the libraries' start-up noise
     return lines[0]
 
 

@@ -105,21 +105,16 @@ def _error(*args, capsys=None) -> str:
         capsys.readouterr()
         status = main(["learn", *args])
         stderr = capsys.readouterr().err
-        assert status == 2, stderr
-        lines = stderr.strip().splitlines()
-        assert len(lines) == 1, stderr
-        return lines[0]
-    out = subprocess.run(
-        [sys.executable, "-m", "jaxmerge", "learn", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-        env={**os.environ, "JAXMERGE_COMPILATION_CACHE": "off"},
-    )
-    assert out.returncode == 2, out.stderr
-    lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1, out.stderr
+    else:
+        env = {**os.environ, "JAXMERGE_COMPILATION_CACHE": "off"}
+        run = subprocess.run(
+            [sys.executable, "-m", "jaxmerge", "learn", *args],
+            capture_output=True, text=True, timeout=300, cwd=ROOT, env=env,
+        )  # fmt: skip
+        status, stderr = run.returncode, run.stderr
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1, stderr
     return lines[0]
 
 
