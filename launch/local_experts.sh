@@ -10,10 +10,10 @@
 # PT_STEPS, IT_STEPS, FT_STEPS, MT_STEPS (and WARMUP_STEPS, 50, of the fine-tuning runs);
 # FT_STEPS_<category> sets one category's expert budget (by default milli's paraphrase
 # expert trains 1200 steps, since paraphrase_order needs them, and its closed-book expert
-# 600, unless FT_STEPS is set; docs/models_tasks_training.md). IT_MIXTURE is the
-# instruction-tuning mixture (jaxmerge_instructions; jaxmerge_instructions_with_replay adds
-# pre-training replay, which milli's closed-book expert from the instruction-tuned base
-# needs to reach its bar).
+# 900, unless FT_STEPS is set; docs/models_tasks_training.md). IT_MIXTURE is the
+# instruction-tuning mixture: jaxmerge_instructions, and at milli
+# jaxmerge_instructions_with_replay (a quarter pre-training replay), without which milli's
+# closed-book expert from the instruction-tuned base stays under its bar.
 # CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
@@ -33,9 +33,13 @@ set -euo pipefail
 OUT=${1:?usage: $0 OUT [nano|micro|tiny|milli]}
 SIZE=${2:-nano}
 declare -A ft_steps_of=()  # expert budgets that differ from FT_STEPS, by category
+it_mixture=jaxmerge_instructions
 case "$SIZE" in  # pre-training, instruction tuning, one expert, the multitask baseline
   nano | micro | tiny) budget=(2000 3000 1000 1000) ;;
-  milli) budget=(1500 600 300 1200) ft_steps_of=([paraphrase]=1200 [closed_book_qa]=600) ;;
+  milli)
+    budget=(2000 3000 300 1200) ft_steps_of=([paraphrase]=1200 [closed_book_qa]=900)
+    it_mixture=jaxmerge_instructions_with_replay
+    ;;
   *) echo "error: size '$SIZE' is not one of nano, micro, tiny, milli" >&2; exit 2 ;;
 esac
 [ -z "${FT_STEPS:-}" ] || ft_steps_of=()  # a budget given for every expert holds for all
@@ -43,7 +47,7 @@ PT_STEPS=${PT_STEPS:-${budget[0]}} IT_STEPS=${IT_STEPS:-${budget[1]}}
 FT_STEPS=${FT_STEPS:-${budget[2]}} MT_STEPS=${MT_STEPS:-${budget[3]}}
 CATEGORIES=${CATEGORIES:-"extractive_qa closed_book_qa sentiment topic structure_to_text summarization paraphrase multiple_choice_qa"}
 SEED=${SEED:-0} WARMUP_STEPS=${WARMUP_STEPS:-50} GEN_STEPS=${GEN_STEPS:-$((MT_STEPS / 2))}
-IT_MIXTURE=${IT_MIXTURE:-jaxmerge_instructions}
+IT_MIXTURE=${IT_MIXTURE:-$it_mixture}
 PYTHON=${PYTHON:-python}
 cd "$(dirname "$0")/.."
 train() {

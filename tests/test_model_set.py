@@ -121,6 +121,61 @@ def test_ladder_takes_ready_bases(tmp_path):
     ]
 
 
+FAKE_PYTHON = r"""#!/usr/bin/env bash
+# Stands in for python: records the training command and writes its final checkpoint.
+echo "$*" >>"$COMMANDS"
+for arg; do
+  case $arg in
+    --gin.MODEL_DIR=*) dir=${arg#*=} ;;
+    --gin.TRAIN_STEPS=*) steps=${arg#*=} ;;
+  esac
+done
+dir=${dir#\'} && mkdir -p "${dir%\'}/checkpoint_$steps"
+"""
+
+
+def launcher_runs(tmp_path, size):
+    """{model dir: (TRAIN_STEPS, mixture)} of every run launch/local_experts.sh starts for
+    SIZE with its default budgets (python replaced by a stand-in that only writes the
+    checkpoint each run would end with)."""
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    commands = tmp_path / f"{size}.commands"
+    env = dict(os.environ, PYTHON=str(fake), COMMANDS=str(commands), SCORE="0")
+    out = tmp_path / size
+    cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(out), size]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = {}
+    for line in commands.read_text().splitlines():
+        flags = dict(a.split("=", 1) for a in line.split() if a.startswith("--gin."))
+        directory = flags["--gin.MODEL_DIR"].strip("'").removeprefix(f"{out}/")
+        mixture = flags.get("--gin.MIXTURE_OR_TASK_NAME", "'(recipe)'").strip("'")
+        runs[directory] = (int(flags["--gin.TRAIN_STEPS"]), mixture)
+    return runs
+
+
+def test_ladder_budgets_per_size(tmp_path):
+    """The budgets the ladder's tables were measured with (docs/models_tasks_training.md):
+    bases of 2000 + 3000 steps at every size; milli's experts 300 steps (paraphrase 1200,
+    closed-book 900) from bases instruction-tuned with pre-training replay."""
+    nano = launcher_runs(tmp_path, "nano")
+    assert nano["pretrained"] == (2000, "jaxmerge_pretrain")
+    assert nano["instruction_tuned"] == (5000, "jaxmerge_instructions")
+    assert nano["experts/pretrained/paraphrase"] == (3000, "jaxmerge_held_in_paraphrase")
+    assert nano["multitask/instruction_tuned"] == (6000, "(recipe)")
+    milli = launcher_runs(tmp_path, "milli")
+    assert len(milli) == 20  # 2 bases, 8 experts and a multitask baseline from each
+    assert milli["pretrained"] == (2000, "jaxmerge_pretrain")
+    assert milli["instruction_tuned"] == (5000, "jaxmerge_instructions_with_replay")
+    for base, start in (("pretrained", 2000), ("instruction_tuned", 5000)):
+        assert milli[f"experts/{base}/topic"][0] == start + 300
+        assert milli[f"experts/{base}/closed_book_qa"][0] == start + 900
+        assert milli[f"experts/{base}/paraphrase"][0] == start + 1200
+        assert milli[f"multitask/{base}"][0] == start + 1200
+
+
 def test_ladder_sizes_are_gin_files_spanning_10x():
     import jax
 
