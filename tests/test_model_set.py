@@ -130,7 +130,7 @@ for arg; do
     --gin.TRAIN_STEPS=*) steps=${arg#*=} ;;
   esac
 done
-dir=${dir#\'} && mkdir -p "${dir%\'}/checkpoint_$steps"
+mkdir -p "${dir//\'/}/checkpoint_$steps"  # the gin string's quotes removed
 """
 
 
