@@ -93,34 +93,6 @@ def test_micro_ladder_builds_and_scores_end_to_end(tmp_path):
     assert "bar met" in recycle.stdout or "bar not met" in recycle.stdout
 
 
-def test_ladder_takes_ready_bases(tmp_path):
-    """BASES_FROM: the shipped nano bases are linked, not trained; experts start from them,
-    with one category's own budget (FT_STEPS_<category>)."""
-    bases = ROOT / "assets/demo_bases"
-    before = sorted(p.relative_to(bases) for p in bases.rglob("*"))
-    env = dict(
-        os.environ, PYTHON=sys.executable, BASES_FROM=str(bases), FT_STEPS="2", MT_STEPS="2",
-        FT_STEPS_topic="3", WARMUP_STEPS="0", CATEGORIES="topic", JOBS="2", SCORE="0",
-        JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache"),
-    )  # fmt: skip
-    cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(tmp_path / "set"), "nano"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert run.returncode == 0, run.stderr[-3000:]
-    for base, step in (("pretrained", 2000), ("instruction_tuned", 5000)):
-        assert (tmp_path / "set" / base).resolve() == bases / "nano" / base
-        expert = tmp_path / "set/experts" / base / "topic"
-        assert model_set.latest_checkpoint(expert).name == f"checkpoint_{step + 3}"
-    assert sorted(p.relative_to(bases) for p in bases.rglob("*")) == before
-
-    env["BASES_FROM"] = str(tmp_path / "nowhere")
-    bad = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
-    assert bad.returncode == 2
-    assert bad.stderr.strip().splitlines() == [
-        f"error: BASES_FROM={tmp_path / 'nowhere'}: no {tmp_path / 'nowhere'}/nano/pretrained/"
-        "checkpoint_N"
-    ]
-
-
 FAKE_PYTHON = r"""#!/usr/bin/env bash
 # Stands in for python: records the training command and writes its final checkpoint.
 echo "$*" >>"$COMMANDS"
@@ -134,26 +106,68 @@ mkdir -p "${dir//\'/}/checkpoint_$steps"  # the gin string's quotes removed
 """
 
 
-def launcher_runs(tmp_path, size):
-    """{model dir: (TRAIN_STEPS, mixture)} of every run launch/local_experts.sh starts for
-    SIZE with its default budgets (python replaced by a stand-in that only writes the
-    checkpoint each run would end with)."""
+def launch_with_stand_in(tmp_path, size, **env):
+    """Runs launch/local_experts.sh OUT SIZE with python replaced by a stand-in that only
+    writes the checkpoint each run would end with: (the finished process, OUT, each
+    training command's --gin.NAME=VALUE flags, quotes removed)."""
     fake = tmp_path / "python"
     fake.write_text(FAKE_PYTHON)
     fake.chmod(0o755)
     commands = tmp_path / f"{size}.commands"
-    env = dict(os.environ, PYTHON=str(fake), COMMANDS=str(commands), SCORE="0")
+    env = dict(os.environ, PYTHON=str(fake), COMMANDS=str(commands), SCORE="0", **env)
     out = tmp_path / size
     cmd = ["bash", str(ROOT / "launch/local_experts.sh"), str(out), size]
     run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=60)
+    lines = commands.read_text().splitlines() if commands.exists() else []
+    gin_flags = [[a.split("=", 1) for a in ln.split() if a.startswith("--gin.")] for ln in lines]
+    return run, out, [{name: value.strip("'") for name, value in f} for f in gin_flags]
+
+
+def launcher_runs(tmp_path, size):
+    """{model dir: (TRAIN_STEPS, mixture)} of every run launch/local_experts.sh starts for
+    SIZE with its default budgets."""
+    run, out, commands = launch_with_stand_in(tmp_path, size)
     assert run.returncode == 0, run.stderr[-3000:]
-    runs = {}
-    for line in commands.read_text().splitlines():
-        flags = dict(a.split("=", 1) for a in line.split() if a.startswith("--gin."))
-        directory = flags["--gin.MODEL_DIR"].strip("'").removeprefix(f"{out}/")
-        mixture = flags.get("--gin.MIXTURE_OR_TASK_NAME", "'(recipe)'").strip("'")
-        runs[directory] = (int(flags["--gin.TRAIN_STEPS"]), mixture)
-    return runs
+    return {
+        f["--gin.MODEL_DIR"].removeprefix(f"{out}/"): (
+            int(f["--gin.TRAIN_STEPS"]),
+            f.get("--gin.MIXTURE_OR_TASK_NAME", "(recipe)"),
+        )
+        for f in commands
+    }
+
+
+def test_ladder_takes_ready_bases(tmp_path):
+    """BASES_FROM: the shipped nano bases are linked, not trained; experts start from them,
+    with one category's own budget (FT_STEPS_<category>). (That a run really starts from
+    its INITIAL_CHECKPOINT_PATH, the micro ladder above shows.)"""
+    bases = ROOT / "assets/demo_bases"
+    before = sorted(p.relative_to(bases) for p in bases.rglob("*"))
+    run, out, commands = launch_with_stand_in(
+        tmp_path, "nano", BASES_FROM=str(bases), FT_STEPS="2", MT_STEPS="2",
+        FT_STEPS_topic="3", CATEGORIES="topic",
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-3000:]
+    runs = {f["--gin.MODEL_DIR"].removeprefix(f"{out}/"): f for f in commands}
+    assert sorted(runs) == [
+        "experts/instruction_tuned/topic", "experts/pretrained/topic",
+        "multitask/instruction_tuned", "multitask/pretrained",
+    ]  # fmt: skip
+    for base, step in (("pretrained", 2000), ("instruction_tuned", 5000)):
+        assert (out / base).resolve() == bases / "nano" / base
+        for name, steps in ((f"experts/{base}/topic", 3), (f"multitask/{base}", 2)):
+            init = pathlib.Path(runs[name]["--gin.INITIAL_CHECKPOINT_PATH"])
+            assert init.resolve() == bases / "nano" / base / f"checkpoint_{step}"
+            assert runs[name]["--gin.TRAIN_STEPS"] == str(step + steps)
+    assert sorted(p.relative_to(bases) for p in bases.rglob("*")) == before
+
+    nowhere = tmp_path / "nowhere"
+    (tmp_path / "bad").mkdir()
+    bad, _, commands = launch_with_stand_in(tmp_path / "bad", "nano", BASES_FROM=str(nowhere))
+    assert bad.returncode == 2 and not commands
+    assert bad.stderr.strip().splitlines() == [
+        f"error: BASES_FROM={nowhere}: no {nowhere}/nano/pretrained/checkpoint_N"
+    ]
 
 
 def test_ladder_budgets_per_size(tmp_path):
