@@ -13,7 +13,8 @@
 # 900, unless FT_STEPS is set; docs/models_tasks_training.md). IT_MIXTURE is the
 # instruction-tuning mixture: jaxmerge_instructions, and at milli
 # jaxmerge_instructions_with_replay (a quarter pre-training replay), without which milli's
-# closed-book expert from the instruction-tuned base stays under its bar.
+# closed-book expert from the instruction-tuned base stays under its bar (below milli
+# replay lowers the zero-shot margin instead: docs/models_tasks_training.md).
 # CATEGORIES (space-separated) limits the experts, SEED sets every run's RANDOM_SEED,
 # JOBS runs that many trainings side by side (below), SCORE=0 skips the scoring and
 # SCORE_MAX_EXAMPLES limits it (rows per task). BASES_ONLY=1 trains and scores the two
