@@ -172,13 +172,17 @@ def test_ladder_takes_ready_bases(tmp_path):
 
 def test_ladder_budgets_per_size(tmp_path):
     """The budgets the ladder's tables were measured with (docs/models_tasks_training.md):
-    bases of 2000 + 3000 steps at every size; milli's experts 300 steps (paraphrase 1200,
-    closed-book 900) from bases instruction-tuned with pre-training replay."""
-    nano = launcher_runs(tmp_path, "nano")
-    assert nano["pretrained"] == (2000, "jaxmerge_pretrain")
-    assert nano["instruction_tuned"] == (5000, "jaxmerge_instructions")
-    assert nano["experts/pretrained/paraphrase"] == (3000, "jaxmerge_held_in_paraphrase")
-    assert nano["multitask/instruction_tuned"] == (6000, "(recipe)")
+    pre-training 2000 steps at every size, instruction tuning 6000 below milli and 3000 at
+    milli; milli's experts 300 steps (paraphrase 1200, closed-book 900) from bases
+    instruction-tuned with pre-training replay."""
+    for size in ("nano", "micro", "tiny"):
+        (tmp_path / size).mkdir()
+        runs = launcher_runs(tmp_path / size, size)
+        assert runs["pretrained"] == (2000, "jaxmerge_pretrain")
+        assert runs["instruction_tuned"] == (8000, "jaxmerge_instructions")
+        assert runs["experts/pretrained/paraphrase"] == (3000, "jaxmerge_held_in_paraphrase")
+        assert runs["experts/instruction_tuned/topic"] == (9000, "jaxmerge_held_in_topic")
+        assert runs["multitask/instruction_tuned"] == (9000, "(recipe)")
     milli = launcher_runs(tmp_path, "milli")
     assert len(milli) == 20  # 2 bases, 8 experts and a multitask baseline from each
     assert milli["pretrained"] == (2000, "jaxmerge_pretrain")
