@@ -171,7 +171,7 @@ def test_ladder_takes_ready_bases(tmp_path):
 
 
 def test_ladder_budgets_per_size(tmp_path):
-    """The budgets the ladder's tables were measured with (docs/models_tasks_training.md):
+    """The launcher's default budgets (docs/models_tasks_training.md, "The size ladder"):
     pre-training 2000 steps at every size, instruction tuning 6000 below milli and 3000 at
     milli; milli's experts 300 steps (paraphrase 1200, closed-book 900) from bases
     instruction-tuned with pre-training replay."""
