@@ -212,7 +212,8 @@ def paraphrase_order(rng: random.Random) -> Example:
     """s2 names the same two people in the other order (same) or swaps one for a third.
 
     Learnable at t5_nano, slowly: 73% in 800 steps from scratch, 93% in 2000 (majority
-    53%); a 1000-step expert of both paraphrase datasets memorizes these examples first.
+    53%); a 1000-step nano expert of both paraphrase datasets scores 52-64 on its own
+    training rows as on new ones: too few steps to learn it, not memorized.
     """
     ps = _people(rng, 3)
     s1 = f"{ps[0].name} and {ps[1].name} went to the {rng.choice(TOPICS['travel'])}."
