@@ -172,17 +172,18 @@ def test_ladder_takes_ready_bases(tmp_path):
 
 def test_ladder_budgets_per_size(tmp_path):
     """The launcher's default budgets (docs/models_tasks_training.md, "The size ladder"):
-    pre-training 2000 steps at every size, instruction tuning 6000 below milli and 3000 at
-    milli; milli's experts 300 steps (paraphrase 1200, closed-book 900) from bases
-    instruction-tuned with pre-training replay."""
-    for size in ("nano", "micro", "tiny"):
+    pre-training 2000 steps at every size, instruction tuning 9000 at nano, 6000 at micro
+    and tiny and 3000 at milli; milli's experts 300 steps (paraphrase 1200, closed-book
+    900) from bases instruction-tuned with pre-training replay."""
+    for size, it_steps in (("nano", 9000), ("micro", 6000), ("tiny", 6000)):
         (tmp_path / size).mkdir()
         runs = launcher_runs(tmp_path / size, size)
+        it_end = 2000 + it_steps
         assert runs["pretrained"] == (2000, "jaxmerge_pretrain")
-        assert runs["instruction_tuned"] == (8000, "jaxmerge_instructions")
+        assert runs["instruction_tuned"] == (it_end, "jaxmerge_instructions")
         assert runs["experts/pretrained/paraphrase"] == (3000, "jaxmerge_held_in_paraphrase")
-        assert runs["experts/instruction_tuned/topic"] == (9000, "jaxmerge_held_in_topic")
-        assert runs["multitask/instruction_tuned"] == (9000, "(recipe)")
+        assert runs["experts/instruction_tuned/topic"] == (it_end + 1000, "jaxmerge_held_in_topic")
+        assert runs["multitask/instruction_tuned"] == (it_end + 1000, "(recipe)")
     milli = launcher_runs(tmp_path, "milli")
     assert len(milli) == 20  # 2 bases, 8 experts and a multitask baseline from each
     assert milli["pretrained"] == (2000, "jaxmerge_pretrain")
