@@ -172,8 +172,8 @@ def test_ladder_takes_ready_bases(tmp_path):
 
 def test_ladder_budgets_per_size(tmp_path):
     """The launcher's default budgets (docs/models_tasks_training.md, "The size ladder"):
-    pre-training 2000 steps at every size, instruction tuning 9000 at nano, 6000 at micro
-    and tiny and 3000 at milli; milli's experts 300 steps (paraphrase 1200, closed-book
+    pre-training 2000 steps at every size, instruction tuning 9000 at nano and 6000 at
+    micro, tiny and milli; milli's experts 300 steps (paraphrase 1200, closed-book
     900) from bases instruction-tuned with pre-training replay."""
     for size, it_steps in (("nano", 9000), ("micro", 6000), ("tiny", 6000)):
         (tmp_path / size).mkdir()
@@ -187,8 +187,8 @@ def test_ladder_budgets_per_size(tmp_path):
     milli = launcher_runs(tmp_path, "milli")
     assert len(milli) == 20  # 2 bases, 8 experts and a multitask baseline from each
     assert milli["pretrained"] == (2000, "jaxmerge_pretrain")
-    assert milli["instruction_tuned"] == (5000, "jaxmerge_instructions_with_replay")
-    for base, start in (("pretrained", 2000), ("instruction_tuned", 5000)):
+    assert milli["instruction_tuned"] == (8000, "jaxmerge_instructions_with_replay")
+    for base, start in (("pretrained", 2000), ("instruction_tuned", 8000)):
         assert milli[f"experts/{base}/topic"][0] == start + 300
         assert milli[f"experts/{base}/closed_book_qa"][0] == start + 900
         assert milli[f"experts/{base}/paraphrase"][0] == start + 1200
