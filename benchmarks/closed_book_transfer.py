@@ -38,10 +38,14 @@ DATASETS = held_in.CATEGORIES["closed_book_qa"]  # name -> generator
 MAX_ANSWER_LENGTH = 16  # bytes: the longest city or job word is shorter
 
 
+@functools.cache
+def _names() -> frozenset[str]:
+    return frozenset(p.name for p in world.world().people)
+
+
 def subject(inputs: str) -> str:
     """The person a closed-book question asks about (the one word that is a name)."""
-    names = {p.name for p in world.world().people}
-    found = [w for w in inputs.rstrip("?").split() if w in names]
+    found = [w for w in inputs.rstrip("?").split() if w in _names()]
     if len(found) != 1:
         raise ValueError(f"closed-book question {inputs!r} names {len(found)} people, not 1")
     return found[0]
@@ -53,14 +57,14 @@ def question_groups(dataset: str) -> dict[str, tuple[dict, ...]]:
     questions; and its validation and test questions whose person a training question
     asks about (seen) or not (unseen)."""
     generator = DATASETS[dataset]
-    train = registry.examples(dataset, generator, "train")
-    held = registry.examples(dataset, generator, "validation") + registry.examples(
-        dataset, generator, "test"
+    train, validation, test = (
+        registry.examples(dataset, generator, split) for split in ("train", "validation", "test")
     )
+    held = validation + test
     asked = {subject(e["inputs"]) for e in train}
     return {
         "train": train,
-        "validation": registry.examples(dataset, generator, "validation"),
+        "validation": validation,
         "seen": tuple(e for e in held if subject(e["inputs"]) in asked),
         "unseen": tuple(e for e in held if subject(e["inputs"]) not in asked),
     }
@@ -70,15 +74,15 @@ def ceiling(dataset: str) -> float:
     """Percent of validation questions a model knowing only the training questions' facts
     can answer: the seen ones, and the rest at chance (one of the dataset's answers)."""
     groups = question_groups(dataset)
-    train_subjects = {subject(e["inputs"]) for e in groups["train"]}
-    answers = {e["targets"] for e in groups["train"]}
+    seen_inputs = {e["inputs"] for e in groups["seen"]}
+    values = {e["targets"] for e in groups["train"]}
     val = groups["validation"]
-    seen = sum(subject(e["inputs"]) in train_subjects for e in val)
-    return 100.0 * (seen + (len(val) - seen) / len(answers)) / len(val)
+    seen = sum(e["inputs"] in seen_inputs for e in val)
+    return 100.0 * (seen + (len(val) - seen) / len(values)) / len(val)
 
 
-def accuracy(config, params, examples) -> float:
-    """Greedy exact match (the held-in metric) of `examples`, decoded in one batch."""
+def answers(config, params, examples) -> dict[str, str]:
+    """inputs -> the greedy answer, for `examples` decoded in one batch."""
     vocab = registry.vocabulary()
     rows = [vocab.encode(e["inputs"]) + [vocab.eos_id] for e in examples]
     tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
@@ -86,9 +90,12 @@ def accuracy(config, params, examples) -> float:
         tokens[i, : len(row)] = row
     out = np.asarray(decoding.greedy_decode(config, params, tokens, MAX_ANSWER_LENGTH))
     predictions = [vocab.decode([int(t) for t in row if t > vocab.eos_id]) for row in out]
-    return 100.0 * float(
-        np.mean([p == e["targets"] for p, e in zip(predictions, examples, strict=True)])
-    )
+    return {e["inputs"]: p for e, p in zip(examples, predictions, strict=True)}
+
+
+def accuracy(examples, answered: dict[str, str]) -> float:
+    """Exact match (the held-in metric) of `examples` against `answers`' output."""
+    return 100.0 * float(np.mean([answered[e["inputs"]] == e["targets"] for e in examples]))
 
 
 def main() -> None:
@@ -109,8 +116,12 @@ def main() -> None:
                 raise FileNotFoundError(f"{directory}: no checkpoint_<step>")
             params, step, _ = training.restore_checkpoint(path)
             config = eval_run.model_config(str(path))
+            answered = {  # one batch a dataset: validation lies inside seen + unseen
+                d: answers(config, params, g["train"] + g["seen"] + g["unseen"])
+                for d, g in groups.items()
+            }
             cells = [
-                " / ".join(f"{accuracy(config, params, groups[d][g]):.0f}" for d in DATASETS)
+                " / ".join(f"{accuracy(groups[d][g], answered[d]):.0f}" for d in DATASETS)
                 for g in ("train", "validation", "seen", "unseen")
             ]
             print(f"| {root} | {base} | {step} | " + " | ".join(cells) + " |", flush=True)

@@ -67,4 +67,4 @@ def test_accuracy_is_exact_match_of_the_greedy_answers(monkeypatch):
         return out
 
     monkeypatch.setattr(cbt.decoding, "greedy_decode", answers_the_first_four)
-    assert cbt.accuracy(None, None, examples) == pytest.approx(40.0)
+    assert cbt.accuracy(examples, cbt.answers(None, None, examples)) == pytest.approx(40.0)
