@@ -172,10 +172,10 @@ def test_ladder_takes_ready_bases(tmp_path):
 
 def test_ladder_budgets_per_size(tmp_path):
     """The launcher's default budgets (docs/models_tasks_training.md, "The size ladder"):
-    pre-training 2000 steps at every size, instruction tuning 9000 at nano and 6000 at
-    micro, tiny and milli; milli's experts 300 steps (paraphrase 1200, closed-book
-    900) from bases instruction-tuned with pre-training replay."""
-    for size, it_steps in (("nano", 9000), ("micro", 6000), ("tiny", 6000)):
+    pre-training 2000 steps at every size, instruction tuning 12000 at nano, 9000 at
+    micro and 6000 at tiny and milli; milli's experts 300 steps (paraphrase 1200,
+    closed-book 900) from bases instruction-tuned with pre-training replay."""
+    for size, it_steps in (("nano", 12000), ("micro", 9000), ("tiny", 6000)):
         (tmp_path / size).mkdir()
         runs = launcher_runs(tmp_path / size, size)
         it_end = 2000 + it_steps
